@@ -1,0 +1,5 @@
+import sys
+
+from fromzero.cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""`fromzero <command>`: a thin layer over the Python API.
+
+Each command parses its arguments, builds a typed config and calls one library function. Mistakes
+the user can fix (`FromzeroError`) print as one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from fromzero.errors import FromzeroError
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from fromzero.quickstart import run_quickstart
+
+    run_quickstart(out_dir=args.out_dir, minutes=args.minutes)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from fromzero.config import build
+    from fromzero.pretrain import PretrainConfig, run_pretrain
+    from fromzero.recipes import load_recipe
+
+    cfg = build(PretrainConfig, load_recipe(args.config, args.overrides, default="pretrain/gpt-tiny-zh"))
+    summary = run_pretrain(cfg, resume=args.resume)
+    _print_summary(summary)
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from fromzero.config import build
+    from fromzero.data.sources import iter_texts
+    from fromzero.tokenizer import TokenizerConfig, train_tokenizer
+
+    cfg = build(TokenizerConfig, {"kind": args.kind, "vocab_size": args.vocab_size})
+    texts = (t for src in args.sources for t in iter_texts(src))
+    tok = train_tokenizer(texts, cfg)
+    tok.save(args.out)
+    print(f"trained {cfg.kind} tokenizer with {tok.vocab_size} tokens -> {args.out}")
+    sample = "自然语言处理 is fun."
+    ids = tok.encode(sample)
+    print(f"example: {sample!r} -> {len(ids)} tokens: {[tok.id_to_token(i) for i in ids]}")
+
+
+def _cmd_tokenizer_show(args: argparse.Namespace) -> None:
+    from fromzero.tokenizer import Tokenizer, describe_vocab
+
+    tok = Tokenizer.load(args.path)
+    if args.text:
+        ids = tok.encode(args.text)
+        print(f"{len(ids)} tokens")
+        for i in ids:
+            print(f"{i:>7}  {tok.id_to_token(i)}")
+        return
+    print(f"vocabulary: {tok.vocab_size} tokens")
+    for line in describe_vocab(tok, n=args.n):
+        print(line)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from fromzero.infer.generate import GenerationConfig, stream
+    from fromzero.model.io import load_model
+    from fromzero.tokenizer import Tokenizer
+
+    model = load_model(args.model)
+    tok = Tokenizer.load(args.tokenizer or args.model)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
+                           seed=args.seed)
+    prompts = [args.prompt] if args.prompt is not None else [line.rstrip("\n") for line in sys.stdin]
+    for prompt in prompts:
+        sys.stdout.write(prompt)
+        for piece in stream(model, tok, prompt, gen):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+def _print_summary(summary: dict) -> None:
+    keys = ["steps", "train_loss", "val_loss", "val_perplexity", "unigram_val_perplexity", "tokens_per_sec",
+            "wall_seconds", "precision", "checkpoint"]
+    for k in keys:
+        if k in summary and summary[k] is not None:
+            v = summary[k]
+            print(f"  {k:<24} {v:,.4g}" if isinstance(v, float) else f"  {k:<24} {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fromzero", description="Develop language models from zero.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    q = sub.add_parser("quickstart", help="tokenizer -> pretraining -> evaluation -> generations on built-in data")
+    q.add_argument("--out-dir", default="runs/quickstart")
+    q.add_argument("--minutes", type=float, default=None, help="pretraining time budget (default from the recipe)")
+    q.set_defaults(func=_cmd_quickstart)
+
+    pt = sub.add_parser("pretrain", help="causal-LM pretraining from a YAML recipe")
+    pt.add_argument("--config", help="YAML path or built-in recipe name (default: pretrain/gpt-tiny-zh)")
+    pt.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last")
+    pt.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=100")
+    pt.set_defaults(func=_cmd_pretrain)
+
+    tk = sub.add_parser("tokenizer", help="train or inspect a tokenizer")
+    tks = tk.add_subparsers(dest="action", required=True, metavar="<action>")
+    tt = tks.add_parser("train", help="train BPE / WordPiece / Unigram on built-in data or your files")
+    tt.add_argument("--kind", default="bpe", help="bpe | wordpiece | unigram")
+    tt.add_argument("--vocab-size", type=int, default=8192)
+    tt.add_argument("--sources", nargs="+", default=["people_daily", "reviews_zh"],
+                    help="built-in corpus names or .txt/.jsonl/.csv/.parquet files")
+    tt.add_argument("--out", default="runs/tokenizer/tokenizer.json")
+    tt.set_defaults(func=_cmd_tokenizer_train)
+    ts = tks.add_parser("show", help="print a vocabulary readably (Chinese shown as characters)")
+    ts.add_argument("path", help="tokenizer.json or a folder holding one")
+    ts.add_argument("--n", type=int, default=50, help="how many tokens to list")
+    ts.add_argument("--text", help="show how this text is tokenized instead")
+    ts.set_defaults(func=_cmd_tokenizer_show)
+
+    g = sub.add_parser("generate", help="generate text from a saved model (streams to the terminal)")
+    g.add_argument("--model", required=True, help="a checkpoint folder (model.safetensors + config.json)")
+    g.add_argument("--tokenizer", help="tokenizer.json (default: the one inside --model)")
+    g.add_argument("--prompt", help="prompt text (default: one prompt per stdin line)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--repetition-penalty", type=float, default=1.1)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None)
+    g.set_defaults(func=_cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except FromzeroError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

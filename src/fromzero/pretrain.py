@@ -1,0 +1,87 @@
+"""Causal-LM pretraining, end to end: tokenizer → token shards → decoder → trainer → artifacts.
+
+`run_pretrain(cfg)` is what `fromzero pretrain` and the quickstart call; every step is a small
+public function of its own module, so a user can stop at any stage and take over in Python.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fromzero.baselines import unigram_perplexity
+from fromzero.config import to_dict
+from fromzero.data.loader import TokenBatches, eval_batches
+from fromzero.data.shards import build_shards, load_tokens
+from fromzero.data.sources import iter_texts
+from fromzero.errors import FromzeroError
+from fromzero.model.config import ModelConfig
+from fromzero.model.decoder import DecoderLM
+from fromzero.objectives.clm import causal_lm
+from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+from fromzero.train.distributed import DistributedContext
+from fromzero.train.trainer import TrainConfig, Trainer
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["people_daily", "reviews_zh"])
+    val_fraction: float = 0.01
+    cache_dir: str = ".cache/fromzero"
+
+
+@dataclass
+class PretrainConfig:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_path: str | None = None  # reuse a trained tokenizer.json instead of training one
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def prepare_tokenizer(cfg: PretrainConfig, out_dir: Path, quiet: bool = False) -> Tokenizer:
+    """Load the configured tokenizer, reuse the run's own (on resume), or train one on the sources."""
+    if cfg.tokenizer_path:
+        return Tokenizer.load(cfg.tokenizer_path)
+    own = out_dir / "tokenizer.json"
+    if own.is_file():
+        return Tokenizer.load(own)
+    texts = (t for src in cfg.data.sources for t in iter_texts(src))
+    tok = train_tokenizer(texts, cfg.tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(own)
+    if not quiet:
+        print(f"tokenizer: trained {cfg.tokenizer.kind} with {tok.vocab_size} tokens -> {own}")
+    return tok
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Pretrain a decoder with the causal-LM objective; returns the run summary (also in summary.json)."""
+    dist = DistributedContext.from_env()
+    out_dir = Path(cfg.train.out_dir)
+    if resume and not (out_dir / "checkpoints" / "last").is_dir():
+        raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
+    tok = prepare_tokenizer(cfg, out_dir, quiet=not dist.is_main)
+    shards = build_shards(cfg.data.sources, tok, cfg.data.cache_dir, cfg.data.val_fraction, seed=cfg.train.seed)
+    train_tokens, val_tokens = load_tokens(shards.train), load_tokens(shards.val)
+
+    cfg.model.vocab_size = tok.vocab_size
+    model = DecoderLM(cfg.model)
+    seq_len = cfg.model.max_seq_len
+    batches = TokenBatches(train_tokens, cfg.train.batch_size, seq_len, seed=cfg.train.seed,
+                           rank=dist.rank, world_size=dist.world_size)
+    evals = eval_batches(val_tokens, cfg.train.batch_size, seq_len, cfg.train.eval_batches)
+    if dist.is_main:
+        print(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens from {', '.join(cfg.data.sources)}")
+        print(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters")
+
+    trainer = Trainer(model, causal_lm, batches, evals, cfg.train, save_extra=tok.save)
+    summary = trainer.fit(resume=resume)
+    summary["unigram_val_perplexity"] = unigram_perplexity(train_tokens, val_tokens, tok.vocab_size)
+    summary["params"] = model.num_params()
+    summary["config"] = to_dict(cfg)
+    if dist.is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return summary
