@@ -52,9 +52,8 @@ def _cmd_tokenizer_show(args: argparse.Namespace) -> None:
         ids = tok.encode(args.text)
         print(f"{len(ids)} tokens")
         for i in ids:
-            print(f"{i:>7}  {tok.id_to_token(i)}")
+            print(f"{i:>7}  {tok.id_to_token(i)!r}")
         return
-    print(f"vocabulary: {tok.vocab_size} tokens")
     for line in describe_vocab(tok, n=args.n):
         print(line)
 

@@ -21,7 +21,8 @@ from fromzero.model.config import ModelConfig
 from fromzero.model.decoder import DecoderLM
 from fromzero.objectives.clm import causal_lm
 from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-from fromzero.train.distributed import DistributedContext
+from fromzero.train.checkpoint import find_checkpoint
+from fromzero.train.distributed import DistributedContext, barrier, cleanup, init_distributed
 from fromzero.train.trainer import TrainConfig, Trainer
 
 
@@ -58,15 +59,37 @@ def prepare_tokenizer(cfg: PretrainConfig, out_dir: Path, quiet: bool = False) -
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Pretrain a decoder with the causal-LM objective; returns the run summary (also in summary.json)."""
+    """Pretrain a decoder with the causal-LM objective; returns the run summary (also in summary.json).
+
+    Under torchrun, rank 0 trains the tokenizer and writes the shards while the others wait, then
+    every rank reads its own part of each global batch.
+    """
     dist = DistributedContext.from_env()
     out_dir = Path(cfg.train.out_dir)
-    if resume and not (out_dir / "checkpoints" / "last").is_dir():
+    if resume and find_checkpoint(out_dir / "checkpoints" / "last") is None:
         raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
-    tok = prepare_tokenizer(cfg, out_dir, quiet=not dist.is_main)
-    shards = build_shards(cfg.data.sources, tok, cfg.data.cache_dir, cfg.data.val_fraction, seed=cfg.train.seed)
-    train_tokens, val_tokens = load_tokens(shards.train), load_tokens(shards.val)
+    owns_group = init_distributed(dist)
+    try:
+        if dist.is_main:
+            tok, shards = _prepare_data(cfg, out_dir, quiet=False)
+        barrier()
+        if not dist.is_main:
+            tok, shards = _prepare_data(cfg, out_dir, quiet=True)  # cache hits now
+        return _train(cfg, dist, tok, load_tokens(shards.train), load_tokens(shards.val), resume)
+    finally:
+        if owns_group:
+            cleanup()
 
+
+def _prepare_data(cfg: PretrainConfig, out_dir: Path, quiet: bool):
+    tok = prepare_tokenizer(cfg, out_dir, quiet=quiet)
+    shards = build_shards(cfg.data.sources, tok, cfg.data.cache_dir, cfg.data.val_fraction, seed=cfg.train.seed,
+                          progress=not quiet)
+    return tok, shards
+
+
+def _train(cfg: PretrainConfig, dist: DistributedContext, tok: Tokenizer, train_tokens, val_tokens,
+           resume: bool) -> dict[str, Any]:
     cfg.model.vocab_size = tok.vocab_size
     model = DecoderLM(cfg.model)
     seq_len = cfg.model.max_seq_len
@@ -77,11 +100,11 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         print(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens from {', '.join(cfg.data.sources)}")
         print(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters")
 
-    trainer = Trainer(model, causal_lm, batches, evals, cfg.train, save_extra=tok.save)
-    summary = trainer.fit(resume=resume)
+    summary = Trainer(model, causal_lm, batches, evals, cfg.train, save_extra=tok.save).fit(resume=resume)
     summary["unigram_val_perplexity"] = unigram_perplexity(train_tokens, val_tokens, tok.vocab_size)
     summary["params"] = model.num_params()
     summary["config"] = to_dict(cfg)
     if dist.is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        (Path(cfg.train.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str),
+                                                              encoding="utf-8")
     return summary
