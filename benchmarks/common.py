@@ -1,0 +1,61 @@
+"""Shared helpers for the side-by-side benchmarks: same configs for fromzero and transformers,
+the machine's matmul peak, and interleaved timing (this machine's speed drifts within minutes,
+so only ratios measured in one run, step by step side by side, mean anything)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from fromzero.model.config import ModelConfig
+from fromzero.model.decoder import DecoderLM
+
+SIZE = dict(n_layer=6, n_head=6, d_model=384, max_seq_len=256, vocab_size=8192, dropout=0.0)
+
+
+def fromzero_model(arch: str) -> DecoderLM:
+    kv = {"n_kv_head": 2} if arch == "llama" else {}
+    return DecoderLM(ModelConfig(arch=arch, **SIZE, **kv))
+
+
+def hf_model(arch: str, like: DecoderLM) -> torch.nn.Module:
+    """The transformers model with the same shape as `like` (attention: transformers' default, SDPA)."""
+    import transformers as tf
+
+    c = like.config
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=c.vocab_size, n_positions=c.max_seq_len, n_embd=c.d_model, n_layer=c.n_layer,
+                            n_head=c.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            bos_token_id=None, eos_token_id=None)
+        return tf.GPT2LMHeadModel(cfg)
+    cfg = tf.LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ffn_dim,
+                         num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
+                         max_position_embeddings=c.max_seq_len, tie_word_embeddings=True, rms_norm_eps=c.norm_eps)
+    return tf.LlamaForCausalLM(cfg)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best observed FLOP/s of an n x n matmul: the denominator for model-FLOPs utilisation."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def interleaved(fns: dict[str, Callable[[], None]], warmup: int, reps: int) -> dict[str, float]:
+    """Run each fn warmup+reps times, alternating between them every repetition; median seconds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -1,0 +1,116 @@
+"""End-to-end CLI tests: the commands a user types, on a small slice of real data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fromzero.cli import main
+from fromzero.data.sources import iter_texts
+
+TINY = [
+    "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_seq_len=32",
+    "tokenizer.vocab_size=600", "train.batch_size=4", "train.max_steps=12", "train.eval_every=6",
+    "train.eval_batches=2", "train.warmup_steps=2", "train.log_every=2", "train.precision=fp32",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The first 1500 People's Daily sentences as a user text file."""
+    path = tmp_path_factory.mktemp("corpus") / "news.txt"
+    texts = []
+    for text in iter_texts("people_daily"):
+        texts.append(text)
+        if len(texts) == 1500:
+            break
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    code = main(["pretrain", f"data.sources=[{corpus}]", f"data.cache_dir={out / 'cache'}",
+                 f"train.out_dir={out}", *TINY])
+    assert code == 0
+    return out
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fromzero", *args], capture_output=True, text=True,
+                          input=stdin, timeout=300)
+
+
+def test_pretrain_writes_artifacts_and_loss_falls(trained_run):
+    ckpt = trained_run / "checkpoints" / "last"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json"):
+        assert (ckpt / name).is_file(), name
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["steps"] == 12
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(evals) >= 2 and evals[-1] < evals[0]
+    assert list(trained_run.glob("*.png")), "loss curve PNG missing"
+
+
+def test_resume_continues_to_new_max_steps(trained_run, corpus):
+    code = main(["pretrain", "--resume", f"data.sources=[{corpus}]", f"data.cache_dir={trained_run / 'cache'}",
+                 f"train.out_dir={trained_run}", *TINY[:-6], "train.max_steps=14", *TINY[-5:]])
+    assert code == 0
+    state = json.loads((trained_run / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 14
+
+
+def test_generate_streams_text(trained_run):
+    ckpt = trained_run / "checkpoints" / "last"
+    r = run_cli("generate", "--model", str(ckpt), "--prompt", "中国", "--max-new-tokens", "8",
+                "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("中国") and len(r.stdout.strip()) > 2
+
+
+def test_generate_too_long_prompt_is_one_clear_line(trained_run):
+    ckpt = trained_run / "checkpoints" / "last"
+    r = run_cli("generate", "--model", str(ckpt), "--prompt", "中国人民" * 40, "--max-new-tokens", "4")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "max_seq_len" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tokenizer_train_and_show(corpus, tmp_path):
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["tokenizer", "train", "--kind", "wordpiece", "--vocab-size", "800", "--sources", str(corpus),
+                 "--out", str(out)]) == 0
+    r = run_cli("tokenizer", "show", str(out), "--text", "人民日报")
+    assert r.returncode == 0 and "人" in r.stdout and "Ã" not in r.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["pretrain", "train.max_stpes=3"], "Did you mean 'max_steps'"),
+    (["pretrain", "--config", "no/such.yaml"], "not found"),
+    (["pretrain", "model.n_layer=many"], "expects an integer"),
+    (["pretrain", "data.sources=[/no/such/file.txt]"], "/no/such/file.txt"),
+    (["generate", "--model", "/no/such/dir", "--prompt", "x"], "/no/such/dir"),
+    (["tokenizer", "show", "/no/such/tokenizer.json"], "/no/such/tokenizer.json"),
+])
+def test_user_errors_are_one_line_without_traceback(args, expected, tmp_path):
+    r = run_cli(*args, f"train.out_dir={tmp_path}") if args[0] == "pretrain" else run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert expected in r.stderr
+    assert r.stderr.startswith("error: ")
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    r = run_cli("pretrain", "--resume", f"train.out_dir={tmp_path}")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n\n  \n", encoding="utf-8")
+    r = run_cli("pretrain", f"data.sources=[{empty}]", f"train.out_dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and "empty" in r.stderr.lower()
+    assert not (tmp_path / "run" / "checkpoints").exists()
