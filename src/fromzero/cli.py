@@ -20,12 +20,10 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from fromzero.config import build
-    from fromzero.pretrain import PretrainConfig, run_pretrain
+    from fromzero.pretrain import run_recipe
     from fromzero.recipes import load_recipe
 
-    cfg = build(PretrainConfig, load_recipe(args.config, args.overrides, default="pretrain/gpt-tiny-zh"))
-    summary = run_pretrain(cfg, resume=args.resume)
+    summary = run_recipe(load_recipe(args.config, args.overrides, default="pretrain/gpt-tiny-zh"), resume=args.resume)
     _print_summary(summary)
 
 
@@ -78,12 +76,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _print_summary(summary: dict) -> None:
-    keys = ["steps", "train_loss", "val_loss", "val_perplexity", "unigram_val_perplexity", "tokens_per_sec",
-            "wall_seconds", "precision", "checkpoint"]
-    for k in keys:
-        if k in summary and summary[k] is not None:
-            v = summary[k]
-            print(f"  {k:<24} {v:,.4g}" if isinstance(v, float) else f"  {k:<24} {v}")
+    """Every scalar of a run summary, one per line (nested config and samples stay in summary.json)."""
+    for k, v in summary.items():
+        if isinstance(v, bool) or v is None or not isinstance(v, (int, float, str)):
+            continue
+        print(f"  {k:<26} {v:,.4g}" if isinstance(v, float) else f"  {k:<26} {v}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--minutes", type=float, default=None, help="pretraining time budget (default from the recipe)")
     q.set_defaults(func=_cmd_quickstart)
 
-    pt = sub.add_parser("pretrain", help="causal-LM pretraining from a YAML recipe")
+    pt = sub.add_parser("pretrain", help="pretrain from a YAML recipe (objective: clm, mlm, rtd, simcse, span, ...)")
     pt.add_argument("--config", help="YAML path or built-in recipe name (default: pretrain/gpt-tiny-zh)")
     pt.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last")
     pt.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=100")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fromzero.baselines import unigram_perplexity
 from fromzero.config import to_dict
@@ -35,6 +35,7 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
+    objective: Literal["clm"] = "clm"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_path: str | None = None  # reuse a trained tokenizer.json instead of training one
     data: DataConfig = field(default_factory=DataConfig)
@@ -108,3 +109,27 @@ def _train(cfg: PretrainConfig, dist: DistributedContext, tok: Tokenizer, train_
         (Path(cfg.train.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str),
                                                               encoding="utf-8")
     return summary
+
+
+ENCODER_OBJECTIVES = ("mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "mlm+simcse")
+SEQ2SEQ_OBJECTIVES = ("span", "denoise")
+
+
+def run_recipe(recipe: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Dispatch a pretraining recipe on its `objective` key to the decoder, encoder or
+    encoder-decoder runner; each validates the rest of the recipe against its own config."""
+    from fromzero.config import build
+
+    objective = recipe.get("objective", "clm")
+    if objective == "clm":
+        return run_pretrain(build(PretrainConfig, recipe), resume=resume)
+    if objective in SEQ2SEQ_OBJECTIVES:
+        from fromzero.pretrain_seq2seq import Seq2SeqPretrainConfig, run_seq2seq_pretrain
+
+        return run_seq2seq_pretrain(build(Seq2SeqPretrainConfig, recipe), resume=resume)
+    if objective in ENCODER_OBJECTIVES:
+        from fromzero.pretrain_encoder import EncoderPretrainConfig, run_encoder_pretrain
+
+        return run_encoder_pretrain(build(EncoderPretrainConfig, recipe), resume=resume)
+    valid = ("clm",) + ENCODER_OBJECTIVES + SEQ2SEQ_OBJECTIVES
+    raise FromzeroError(f"unknown objective {objective!r}; choose one of: {', '.join(valid)}")
