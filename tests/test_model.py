@@ -177,6 +177,7 @@ def test_custom_autograd_functions_pass_gradcheck():
 
 def test_fused_lm_head_loss_matches_cross_entropy_with_extra_logit_gradients(monkeypatch):
     monkeypatch.setattr(layers, "_CHUNK_ELEMS", 64)  # force many row chunks
+    monkeypatch.setattr(layers, "_MIN_ROWS", 1)
     torch.manual_seed(0)
     h = torch.randn(13, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)

@@ -305,6 +305,7 @@ def lm_head_loss(h: Tensor, weight: Tensor, labels: Tensor) -> tuple[Tensor, Ten
 
 
 _CHUNK_ELEMS = 1 << 22  # 16 MB of fp32 per temporary: small enough for malloc to reuse
+_MIN_ROWS = 64  # ...but with huge vocabularies keep the matmuls reasonably tall
 
 
 class _LinearCrossEntropyFn(torch.autograd.Function):
@@ -321,7 +322,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             if need_grad:
                 dh = torch.empty(N, h.shape[1], dtype=h.dtype, device=h.device)
                 dweight = torch.zeros(weight.shape, dtype=acc, device=h.device)
-            rows = max(1, _CHUNK_ELEMS // V)
+            rows = max(_MIN_ROWS, _CHUNK_ELEMS // V)
             for s in range(0, N, rows):
                 e = min(s + rows, N)
                 chunk = torch.mm(h[s:e], weight.t(), out=logits[s:e])
