@@ -70,40 +70,18 @@ class DecoderLM(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None, cache: KVCache | None = None,
-                start_pos: int = 0, last_only: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None, cache: KVCache | None = None,
+                start_pos: int = 0, last_only: bool = False,
+                inputs_embeds: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """input_ids [B, T] -> (logits [B, T, V], mean CE loss vs `labels` or None).
 
         `labels` are already aligned with the logits (label t = token t+1), -100 is ignored.
         With `cache`, the tokens sit at positions start_pos.. and keys/values are written into it.
         `last_only` computes logits for the final position only (generation prefill).
+        `inputs_embeds` [B, T, d] replaces the token lookup (prompt tuning prepends soft prompts).
         Under bf16 autocast the logits come back in bf16; the loss is always computed in fp32.
         """
-        B, T = input_ids.shape
-        end = start_pos + T
-        if end > self.config.max_seq_len:
-            raise FromzeroError(
-                f"input reaches position {end} but the model's max_seq_len is {self.config.max_seq_len}; "
-                f"truncate the input to {self.config.max_seq_len} tokens or use a model with a larger max_seq_len"
-            )
-        if cache is not None and end > cache.max_len:
-            raise FromzeroError(f"KV cache holds {cache.max_len} positions but the input reaches {end}; "
-                                "allocate it with model.new_cache(batch_size, max_len) large enough")
-        x = self.tok_emb(input_ids)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start_pos:end]
-        rope = None
-        if self.rope_cos is not None:
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-            rope = (self.rope_cos[start_pos:end].to(dtype), self.rope_sin[start_pos:end].to(dtype))
-        if self.drop is not None:
-            x = self.drop(x)
-        if cache is None:
-            for block in self.blocks:
-                x = block(x, rope)
-        else:
-            for block, kv in zip(self.blocks, cache.layers):
-                x = block(x, rope, kv, start_pos)
+        x = self._trunk(input_ids, inputs_embeds, cache, start_pos)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
@@ -119,6 +97,45 @@ class DecoderLM(nn.Module):
             x, weight = x.to(dtype), weight.to(dtype)
         logits, loss = lm_head_loss(x.reshape(-1, x.size(-1)), weight, labels.reshape(-1))
         return logits.view(*x.shape[:-1], -1), loss
+
+    def _trunk(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, cache: KVCache | None,
+               start_pos: int) -> Tensor:
+        """Embeddings -> blocks, before the final norm: shared by forward and hidden_states."""
+        x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds
+        T = x.shape[1]
+        end = start_pos + T
+        if end > self.config.max_seq_len:
+            raise FromzeroError(
+                f"input reaches position {end} but the model's max_seq_len is {self.config.max_seq_len}; "
+                f"truncate the input to {self.config.max_seq_len} tokens or use a model with a larger max_seq_len"
+            )
+        if cache is not None and end > cache.max_len:
+            raise FromzeroError(f"KV cache holds {cache.max_len} positions but the input reaches {end}; "
+                                "allocate it with model.new_cache(batch_size, max_len) large enough")
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start_pos:end]
+        rope = None
+        if self.rope_cos is not None:
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            rope = (self.rope_cos[start_pos:end].to(dtype), self.rope_sin[start_pos:end].to(dtype))
+        if self.drop is not None:
+            x = self.drop(x)
+        if cache is None:
+            for block in self.blocks:
+                x = block(x, rope)
+        else:
+            for block, kv in zip(self.blocks, cache.layers):
+                x = block(x, rope, kv, start_pos)
+        return x
+
+    def hidden_states(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                      inputs_embeds: Tensor | None = None) -> Tensor:
+        """Final-norm hidden states [B, T, d] for task heads (classification, tagging, embeddings).
+
+        Attention is causal, so with right padding the real tokens never see the pads:
+        `attention_mask` is accepted for a uniform backbone API and used by the heads' pooling.
+        """
+        return self.norm(self._trunk(input_ids, inputs_embeds, None, 0))
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """A KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len) tokens."""

@@ -138,6 +138,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.has_bias)
         self.dropout = cfg.dropout
         self.gqa = self.n_kv_head != self.n_head
+        # Prefix tuning (fromzero.peft) sets learned keys/values [n_kv_head, P, head_dim] here; they
+        # take no position, are never rotated or cached, and every query may attend to them.
+        self.prefix_kv: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, start_pos: int = 0) -> Tensor:
@@ -150,7 +153,9 @@ class Attention(nn.Module):
         q, k = qk.split([H, KV], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, hd] views
         dropout = self.dropout if self.training else 0.0
-        if kv is None:
+        if self.prefix_kv is not None:
+            y = self._attend_with_prefix(q, k, v, kv, start_pos, dropout)
+        elif kv is None:
             if dropout == 0.0 and q.requires_grad and _use_matmul_attention(q):
                 y = _CausalMatmulAttnFn.apply(q, k, v)
             else:
@@ -170,6 +175,22 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.gqa)
         # SDPA's output is [B, T, H, hd] in memory on CPU, so this reshape is usually a free view.
         return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
+
+    def _attend_with_prefix(self, q: Tensor, k: Tensor, v: Tensor, kv: tuple[Tensor, Tensor] | None,
+                            start_pos: int, dropout: float) -> Tensor:
+        B, _, T, _ = q.shape
+        if kv is not None:
+            cache_k, cache_v = kv
+            cache_k[:, :, start_pos:start_pos + T] = k
+            cache_v[:, :, start_pos:start_pos + T] = v
+            k, v = cache_k[:, :, :start_pos + T], cache_v[:, :, :start_pos + T]
+        pk, pv = self.prefix_kv
+        P, S = pk.shape[1], k.shape[2]
+        k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
+        v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
+        mask = torch.ones(T, P + S, dtype=torch.bool, device=q.device)
+        mask[:, P:] = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=self.gqa)
 
 
 _MATMUL_ATTN_BYTES = 64 << 20  # per-layer budget for the saved [B, H, T, T] probabilities
