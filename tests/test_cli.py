@@ -114,3 +114,24 @@ def test_empty_corpus_is_an_error(tmp_path):
     r = run_cli("pretrain", f"data.sources=[{empty}]", f"train.out_dir={tmp_path / 'run'}")
     assert r.returncode == 2 and "empty" in r.stderr.lower()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_convert_round_trip_through_transformers(trained_run, tmp_path):
+    import torch
+    import transformers
+
+    from fromzero.model.io import load_model
+
+    src = trained_run / "checkpoints" / "last"
+    assert main(["convert", str(src), str(tmp_path / "hf")]) == 0
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    x = torch.randint(0, 500, (2, 16))
+    ours = load_model(src).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    back = load_model(tmp_path / "back").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ours(x)[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(back(x)[0], ours(x)[0])
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    r = run_cli("convert", str(src), str(tmp_path / "hf"))
+    assert r.returncode == 2 and "not empty" in r.stderr

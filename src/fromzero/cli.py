@@ -75,6 +75,61 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
 
 
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from fromzero.config import build
+    from fromzero.finetune import FinetuneConfig, run_finetune
+    from fromzero.recipes import load_recipe
+
+    cfg = build(FinetuneConfig, load_recipe(args.config, args.overrides, default="finetune/sentiment-zh"))
+    _print_summary(run_finetune(cfg, resume=args.resume))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from fromzero.finetune import evaluate_saved
+
+    metrics = evaluate_saved(args.model, task=args.task, split=args.split, base_model=args.base_model)
+    print(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from fromzero.finetune import predict
+
+    if args.file:
+        from pathlib import Path
+
+        path = Path(args.file)
+        if not path.is_file():
+            raise FromzeroError(f"input file not found: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = [line.rstrip("\n") for line in sys.stdin]
+    texts = [t for t in lines if t.strip()]
+    for text, pred in zip(texts, predict(args.model, texts, base_model=args.base_model)):
+        print(json.dumps({"text": text, "prediction": pred}, ensure_ascii=False))
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from fromzero.convert import convert
+
+    family, direction = convert(args.src, args.dst)
+    print(f"converted {family} {args.src} -> {args.dst} ({direction})")
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    import json
+
+    from fromzero.objectives.contrastive import embed_from_dir
+
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    vectors = embed_from_dir(args.model, texts)
+    for text, vec in zip(texts, vectors.tolist()):
+        print(json.dumps({"text": text, "embedding": [round(x, 6) for x in vec]}, ensure_ascii=False))
+
+
 def _print_summary(summary: dict) -> None:
     """Every scalar of a run summary, one per line (nested config and samples stay in summary.json)."""
     for k, v in summary.items():
@@ -125,6 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=None)
     g.set_defaults(func=_cmd_generate)
+
+    ft = sub.add_parser("finetune", help="fine-tune on a task: full, partial or parameter-efficient (peft.method=lora, ...)")
+    ft.add_argument("--config", help="YAML path or built-in recipe (default: finetune/sentiment-zh)")
+    ft.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last")
+    ft.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. peft.method=lora")
+    ft.set_defaults(func=_cmd_finetune)
+
+    ev = sub.add_parser("eval", help="metrics of a fine-tuned model on a task split")
+    ev.add_argument("--model", required=True, help="a fine-tuned model folder")
+    ev.add_argument("--task", help="task name or file (default: the one it was trained on)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--base-model", help="base model folder, when --model holds an adapter only")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict labels/tags/outputs for a file or stdin lines (JSON lines out)")
+    pr.add_argument("--model", required=True, help="a fine-tuned model folder")
+    pr.add_argument("--file", help="one input per line (default: stdin)")
+    pr.add_argument("--base-model", help="base model folder, when --model holds an adapter only")
+    pr.set_defaults(func=_cmd_predict)
+
+    cv = sub.add_parser("convert", help="Hugging Face folder <-> fromzero folder (GPT-2, Llama/Qwen2, BERT, T5)")
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    cv.set_defaults(func=_cmd_convert)
+
+    em = sub.add_parser("embed", help="sentence embeddings from an encoder (JSON lines out)")
+    em.add_argument("--model", required=True, help="an encoder folder (e.g. a simcse run's checkpoint)")
+    em.add_argument("--text", action="append", help="text to embed (repeatable; default: stdin lines)")
+    em.set_defaults(func=_cmd_embed)
     return p
 
 
