@@ -57,7 +57,7 @@ class EncoderPretrainConfig:
     objective: Objective = "mlm"
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="wordpiece"))
     tokenizer_path: str | None = None  # reuse a trained tokenizer.json instead of training one
-    init_from: str | None = None  # start from an encoder folder (fromzero or Hugging Face BERT); model.* is then ignored
+    init_from: str | None = None  # start from an encoder folder (fromzero or HF BERT); model.* is then ignored
     data: EncoderDataConfig = field(default_factory=EncoderDataConfig)
     model: EncoderConfig = field(default_factory=EncoderConfig)
     mlm: MLMConfig = field(default_factory=MLMConfig)

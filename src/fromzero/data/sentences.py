@@ -34,6 +34,7 @@ from fromzero.errors import FromzeroError
 
 Mode = Literal["packed", "sentence", "nsp", "sop"]
 Row = dict[str, np.ndarray]
+Segment = tuple[np.ndarray, np.ndarray]  # (token ids, word-start flags)
 # a sentence ends after these (plus closing quotes/brackets); newlines end one too
 _SENTENCE_END = re.compile(r"[。！？!?；;…\n]+[”’」』）)\"']*")
 
@@ -195,30 +196,29 @@ class SentenceBatches:
     # ------------------------------------------------------------------ rows
 
     def _packed(self, rng: np.random.Generator) -> Row:
+        """Consecutive sentences from a random start, [SEP] between documents, up to max_len."""
         c, budget = self.corpus, self.max_len - 2
         s = int(self.starts[rng.integers(len(self.starts))])
-        ids, ws = [np.array([self.cls_id], np.int32)], [np.array([False])]
-        special = [np.array([True])]
-        used = 0
-        while used < budget and s < c.n_sentences:
+        parts: list[Segment | None] = []
+        while budget > 0 and s < c.n_sentences:
+            if parts and s in self.doc_starts:  # the next document begins
+                if budget < 2:
+                    break
+                parts.append(None)
+                budget -= 1
             t, w = c.sentence(s)
-            t, w = t[: budget - used], w[: budget - used]
-            ids.append(t), ws.append(w), special.append(np.zeros(len(t), bool))
-            used += len(t)
+            parts.append((t[:budget], w[:budget]))
+            budget -= len(parts[-1][0])
             s += 1
-            if s in self.doc_starts and used < budget and s < c.n_sentences:  # a document boundary
-                ids.append(np.array([self.sep_id], np.int32)), ws.append(np.array([False]))
-                special.append(np.array([True]))
-                used += 1
-        ids.append(np.array([self.sep_id], np.int32)), ws.append(np.array([False])), special.append(np.array([True]))
-        return _row(np.concatenate(ids), np.concatenate(ws), np.concatenate(special), n_first=None)
+        return self._join(parts)
 
     def _sentence(self, rng: np.random.Generator) -> Row:
         t, w = self.corpus.sentence(int(self.starts[rng.integers(len(self.starts))]))
-        t, w = t[: self.max_len - 2], w[: self.max_len - 2]
-        return self._assemble(t, w, None, None)
+        return self._join([(t[: self.max_len - 2], w[: self.max_len - 2])])
 
     def _pair(self, rng: np.random.Generator) -> Row:
+        """A chunk of consecutive sentences split at a random sentence boundary into A and B; then
+        B is replaced by text from another document (nsp) or swapped with A (sop) half of the time."""
         c, target = self.corpus, self.max_len - 3
         s = int(self.starts[rng.integers(len(self.starts))])
         doc = self.doc_of[s]
@@ -243,22 +243,30 @@ class SentenceBatches:
         a, b = _truncate_pair(a, b, target)
         if label and self.mode == "sop":  # the same two segments, swapped
             a, b = b, a
-        row = self._assemble(a[0], a[1], b[0], b[1])
+        row = self._join([a, None, b], pair=True)
         row["pair_labels"] = np.array(label, dtype=np.int64)
         return row
 
-    def _span(self, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+    def _span(self, s0: int, s1: int) -> Segment:
         a, b = self.corpus.sent_bounds[s0], self.corpus.sent_bounds[s1]
         return self.corpus.tokens[a:b], self.corpus.word_start[a:b]
 
-    def _assemble(self, ta, wa, tb, wb) -> Row:
-        cls, sep = np.array([self.cls_id], np.int32), np.array([self.sep_id], np.int32)
-        f, t = np.array([False]), np.array([True])
-        if tb is None:
-            return _row(np.concatenate([cls, ta, sep]), np.concatenate([f, wa, f]),
-                        np.concatenate([t, np.zeros(len(ta), bool), t]), n_first=None)
-        return _row(np.concatenate([cls, ta, sep, tb, sep]), np.concatenate([f, wa, f, wb, f]),
-                    np.concatenate([t, np.zeros(len(ta), bool), t, np.zeros(len(tb), bool), t]), n_first=len(ta) + 2)
+    def _join(self, parts: list[Segment | None], pair: bool = False) -> Row:
+        """[CLS] parts [SEP] as a row; a None part is a [SEP]. With pair=True the tokens after the
+        first [SEP] get token type 1. word_ids number the words of the row, -1 on special tokens."""
+        ids, starts, special = [np.array([self.cls_id])], [np.array([False])], [np.array([True])]
+        for part in [*parts, None]:
+            t, w = (np.array([self.sep_id]), np.array([False])) if part is None else part
+            ids.append(t)
+            starts.append(w)
+            special.append(np.full(len(t), part is None))
+        ids_, starts_, special_ = np.concatenate(ids), np.concatenate(starts), np.concatenate(special)
+        words = np.cumsum(starts_ & ~special_) - 1
+        words[special_] = -1
+        types = np.zeros(len(ids_), dtype=np.int64)
+        if pair:
+            types[int(np.flatnonzero(special_)[1]) + 1 :] = 1
+        return {"input_ids": ids_.astype(np.int64), "token_type_ids": types, "word_ids": words.astype(np.int64)}
 
     # ------------------------------------------------------------------ batches
 
@@ -287,7 +295,8 @@ class SentenceBatches:
     def load_state_dict(self, state: dict) -> None:
         """Continue with the batch right after the last one drawn before the state was saved."""
         mine = self.state_dict()
-        changed = [k for k in ("seed", "global_batch", "max_len", "mode", "n_tokens") if k in state and state[k] != mine[k]]
+        keys = ("seed", "global_batch", "max_len", "mode", "n_tokens")
+        changed = [k for k in keys if k in state and state[k] != mine[k]]
         if changed:
             warnings.warn(f"resuming data with different {', '.join(changed)} than the checkpoint: batches will "
                           "not continue the original sequence exactly", stacklevel=2)
@@ -298,16 +307,7 @@ class SentenceBatches:
         return [self.batch(i) for i in range(n)]
 
 
-def _row(ids: np.ndarray, word_start: np.ndarray, special: np.ndarray, n_first: int | None) -> Row:
-    words = np.cumsum(word_start & ~special) - 1
-    words[special] = -1
-    types = np.zeros(len(ids), dtype=np.int64)
-    if n_first is not None:
-        types[n_first:] = 1
-    return {"input_ids": ids.astype(np.int64), "token_type_ids": types, "word_ids": words.astype(np.int64)}
-
-
-def _truncate_pair(a, b, target: int):
+def _truncate_pair(a: Segment, b: Segment, target: int) -> tuple[Segment, Segment]:
     """Trim the longer segment until both fit in `target` tokens: A loses tokens at its start and B
     at its end, so the text around the A|B boundary - what NSP/SOP are about - stays intact."""
     la, lb = len(a[0]), len(b[0])

@@ -241,7 +241,9 @@ class EncoderModel(nn.Module):
         the pooled output. See EncoderOutput for shapes.
         """
         h = self.hidden_states(input_ids, attention_mask, token_type_ids)
-        logits, loss = self.mlm_logits(h, labels) if mlm and (self.head is not None or labels is not None) else (None, None)
+        logits = loss = None
+        if mlm and (self.head is not None or labels is not None):  # labels without a head: a clear error
+            logits, loss = self.mlm_logits(h, labels)
         pooled = self.pool(h) if pool or self.pair_head is not None else None
         pair_logits = self.pair_head(pooled) if self.pair_head is not None else None
         return EncoderOutput(h, logits, loss, pooled, pair_logits)
@@ -318,7 +320,8 @@ def load_encoder(dir: str | Path, map_location: str | torch.device = "cpu") -> E
     if model_type != FORMAT or not set(data) <= fields:
         raise FromzeroError(
             f"{dir / 'config.json'} does not describe an encoder (model_type {model_type!r}); "
-            "point to a folder written by save_encoder / `fromzero pretrain` with an encoder objective, or a BERT folder"
+            "point to a folder written by save_encoder / `fromzero pretrain` with an encoder objective, "
+            "or a BERT folder"
         )
     model = EncoderModel(build(EncoderConfig, data, where="config.json"))
     state = read_safetensors(dir / "model.safetensors")
@@ -331,7 +334,8 @@ def load_encoder(dir: str | Path, map_location: str | torch.device = "cpu") -> E
             raise FromzeroError(f"{dir}: tensor '{key}' is {what}; config.json and model.safetensors do not match")
         if state[key].shape != own[key].shape:
             raise FromzeroError(f"{dir}: tensor '{key}' has shape {tuple(state[key].shape)} but the config implies "
-                                f"{tuple(own[key].shape)}; config.json and model.safetensors come from different models")
+                                f"{tuple(own[key].shape)}; config.json and model.safetensors come from different "
+                                "models")
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     return model.to(map_location)

@@ -75,7 +75,8 @@ def config_from_hf(hf: dict, source: str | Path = "config.json") -> EncoderConfi
             pad_token_id=int(hf.get("pad_token_id") or 0),
         )
     except KeyError as e:
-        raise FromzeroError(f"{source} lacks the BERT setting {e.args[0]!r}; it is not a complete BERT config") from None
+        raise FromzeroError(f"{source} lacks the BERT setting {e.args[0]!r}; it is not a complete BERT "
+                            "config") from None
 
 
 def config_to_hf(cfg: EncoderConfig) -> dict:
@@ -143,7 +144,8 @@ def state_from_hf(state: dict[str, torch.Tensor], cfg: EncoderConfig, source: st
             for name in ("query", "key", "value"):
                 key = f"{base}{name}.{p}"
                 if key not in state:
-                    raise FromzeroError(f"{source}: tensor '{key}' is missing; the file is not a complete BERT checkpoint")
+                    raise FromzeroError(f"{source}: tensor '{key}' is missing; the file is not a complete BERT "
+                                        "checkpoint")
                 parts.append(state.pop(key))
             out[f"blocks.{i}.attn.qkv.{p}"] = torch.cat(parts, dim=0)
     leftover = sorted(k for k in state if not k.startswith(TASK_HEADS))

@@ -42,7 +42,8 @@ class ContrastiveConfig:
             raise FromzeroError(f"contrastive.pooling must be cls, mean or pooler, got {self.pooling!r}")
 
 
-def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: Pooling, pooled: Tensor | None = None) -> Tensor:
+def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: Pooling,
+                pooled: Tensor | None = None) -> Tensor:
     """[B, T, d] -> [B, d] sentence vectors (not normalised)."""
     if pooling == "cls":
         return hidden[:, 0]
