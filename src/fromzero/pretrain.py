@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 from fromzero.baselines import unigram_perplexity
 from fromzero.config import to_dict
@@ -24,6 +24,8 @@ from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 from fromzero.train.checkpoint import find_checkpoint
 from fromzero.train.distributed import DistributedContext, barrier, cleanup, init_distributed
 from fromzero.train.trainer import TrainConfig, Trainer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,18 +67,28 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     Under torchrun, rank 0 trains the tokenizer and writes the shards while the others wait, then
     every rank reads its own part of each global batch.
     """
+    return run_ranked(cfg.train.out_dir, resume,
+                      prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
+                      train=lambda dist, data: _train(cfg, dist, data[0], load_tokens(data[1].train),
+                                                      load_tokens(data[1].val), resume))
+
+
+def run_ranked(out_dir: str | Path, resume: bool, prepare: Callable[[bool], T],
+               train: Callable[[DistributedContext, T], dict[str, Any]]) -> dict[str, Any]:
+    """The shape every pretraining runner shares: check --resume, join the process group under
+    torchrun, let rank 0 `prepare(quiet=False)` the tokenizer and data while the others wait (then
+    they `prepare(quiet=True)` from the caches), train, and leave the group."""
     dist = DistributedContext.from_env()
-    out_dir = Path(cfg.train.out_dir)
-    if resume and find_checkpoint(out_dir / "checkpoints" / "last") is None:
+    if resume and find_checkpoint(Path(out_dir) / "checkpoints" / "last") is None:
         raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
     owns_group = init_distributed(dist)
     try:
         if dist.is_main:
-            tok, shards = _prepare_data(cfg, out_dir, quiet=False)
+            data = prepare(False)
         barrier()
         if not dist.is_main:
-            tok, shards = _prepare_data(cfg, out_dir, quiet=True)  # cache hits now
-        return _train(cfg, dist, tok, load_tokens(shards.train), load_tokens(shards.val), resume)
+            data = prepare(True)  # cache hits now
+        return train(dist, data)
     finally:
         if owns_group:
             cleanup()

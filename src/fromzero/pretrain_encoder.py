@@ -36,8 +36,8 @@ from fromzero.objectives.mixture import Mixture, MixtureBatches
 from fromzero.objectives.mlm import MaskedLM, MLMConfig, MLMMasker, evaluate_mlm
 from fromzero.objectives.rtd import ElectraModel, RTDConfig, evaluate_rtd, replaced_token_detection
 from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-from fromzero.train.checkpoint import find_checkpoint
-from fromzero.train.distributed import DistributedContext, barrier, cleanup, init_distributed
+from fromzero.pretrain import run_ranked
+from fromzero.train.distributed import DistributedContext
 from fromzero.train.trainer import TrainConfig, Trainer
 
 Objective = Literal["mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "mlm+simcse"]
@@ -76,21 +76,9 @@ class EncoderPretrainConfig:
 
 def run_encoder_pretrain(cfg: EncoderPretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder with cfg.objective; returns the run summary (also written to summary.json)."""
-    dist = DistributedContext.from_env()
-    out_dir = Path(cfg.train.out_dir)
-    if resume and find_checkpoint(out_dir / "checkpoints" / "last") is None:
-        raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
-    owns_group = init_distributed(dist)
-    try:
-        if dist.is_main:
-            tok, corpus = _prepare_data(cfg, out_dir, quiet=False)
-        barrier()
-        if not dist.is_main:
-            tok, corpus = _prepare_data(cfg, out_dir, quiet=True)  # cache hits now
-        return _train(cfg, dist, tok, corpus, resume)
-    finally:
-        if owns_group:
-            cleanup()
+    return run_ranked(cfg.train.out_dir, resume,
+                      prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
+                      train=lambda dist, data: _train(cfg, dist, data[0], data[1], resume))
 
 
 # ---------------------------------------------------------------------- data

@@ -28,10 +28,9 @@ from fromzero.model.hf_t5 import save_hf_t5
 from fromzero.objectives.denoise import DenoiseConfig, denoise, sentence_end_ids
 from fromzero.objectives.seq2seq import seq2seq_lm
 from fromzero.objectives.span import SpanConfig, add_sentinels, first_sentinel, span_corrupt, span_lengths
-from fromzero.pretrain import DataConfig, prepare_tokenizer
+from fromzero.pretrain import DataConfig, prepare_tokenizer, run_ranked
 from fromzero.tokenizer import Tokenizer, TokenizerConfig
-from fromzero.train.checkpoint import find_checkpoint
-from fromzero.train.distributed import DistributedContext, barrier, cleanup, init_distributed
+from fromzero.train.distributed import DistributedContext
 from fromzero.train.trainer import TrainConfig, Trainer
 
 
@@ -81,21 +80,10 @@ def example_builder(cfg: Seq2SeqPretrainConfig, tok: Tokenizer):
 
 def run_seq2seq_pretrain(cfg: Seq2SeqPretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder-decoder with span corruption or denoising; returns the summary (also summary.json)."""
-    dist = DistributedContext.from_env()
-    out_dir = Path(cfg.train.out_dir)
-    if resume and find_checkpoint(out_dir / "checkpoints" / "last") is None:
-        raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
-    owns_group = init_distributed(dist)
-    try:
-        if dist.is_main:
-            tok, shards = _prepare_data(cfg, out_dir, quiet=False)
-        barrier()
-        if not dist.is_main:
-            tok, shards = _prepare_data(cfg, out_dir, quiet=True)
-        return _train(cfg, dist, tok, load_tokens(shards.train), load_tokens(shards.val), resume)
-    finally:
-        if owns_group:
-            cleanup()
+    return run_ranked(cfg.train.out_dir, resume,
+                      prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
+                      train=lambda dist, data: _train(cfg, dist, data[0], load_tokens(data[1].train),
+                                                      load_tokens(data[1].val), resume))
 
 
 def _prepare_data(cfg: Seq2SeqPretrainConfig, out_dir: Path, quiet: bool):
