@@ -55,7 +55,26 @@ class _Wrapper(nn.Module):
         return [(n, p) for n, p in self.named_parameters() if not n.startswith("base_layer.")]
 
 
-class LoRALinear(_Wrapper):
+class _LoRA(_Wrapper):
+    """Merge/unmerge shared by the LoRA wrappers: each defines delta_weight() in its base's layout."""
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"
+
+
+class LoRALinear(_LoRA):
     """LoRA around an nn.Linear or a transformers Conv1D."""
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
@@ -85,23 +104,8 @@ class LoRALinear(_Wrapper):
         delta = (self.lora_B @ self.lora_A) * self.scaling
         return delta.t() if self.transposed else delta
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = False
-
-    def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"
-
-
-class LoRAEmbedding(_Wrapper):
+class LoRAEmbedding(_LoRA):
     """LoRA around an nn.Embedding: the low-rank update is looked up, not multiplied.
 
     Here A starts at zero and B is random (as in peft): A is the part indexed by token id.
@@ -132,21 +136,6 @@ class LoRAEmbedding(_Wrapper):
 
     def delta_weight(self) -> Tensor:
         return (self.lora_B @ self.lora_A).t() * self.scaling  # [num_embeddings, dim]
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = False
-
-    def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"
 
 
 def lora_wrap(module: nn.Module, r: int, alpha: float, dropout: float) -> _Wrapper:
