@@ -72,6 +72,26 @@ def test_people_daily_tasks_share_one_split():
     assert all(len(e.source) <= 64 for e in pinyin) and len(pinyin) > 2000
 
 
+def test_pretraining_corpora_leave_out_evaluation_texts():
+    # a model pretrained on the built-in corpora must not have read the fine-tuning test sentences
+    from fromzero.data.sentences import build_sentence_corpus
+    from fromzero.data.sources import iter_texts
+
+    reviews = {normalize_key(t) for t in iter_texts("reviews_zh")}
+    for split in ("val", "test"):
+        assert not reviews & {normalize_key(e.text) for e in load_task_data("reviews_zh", split)}
+    train = [normalize_key(e.text) for e in load_task_data("reviews_zh", "train")]
+    assert all(t in reviews for t in train)
+
+    news = "\n".join(iter_texts("people_daily"))
+    long_test = ["".join(e.tokens) for e in load_task_data("ner_zh", "test") if len(e.tokens) >= 40][:300]
+    long_train = ["".join(e.tokens) for e in load_task_data("ner_zh", "train") if len(e.tokens) >= 40][:300]
+    assert len(long_test) == len(long_train) == 300
+    # exact sentences are cut out; a test sentence quoted inside a longer one elsewhere can remain
+    assert sum(s in news for s in long_test) <= 3
+    assert sum(s in news for s in long_train) == 300
+
+
 def test_chat_tasks():
     for task in ("chat_zh", "chat_en"):
         train = load_task_data(task, "train")

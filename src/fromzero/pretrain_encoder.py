@@ -28,7 +28,7 @@ import torch
 
 from fromzero.config import to_dict
 from fromzero.data.sentences import SentenceBatches, SentenceCorpus, build_sentence_corpus
-from fromzero.data.sources import source_files
+from fromzero.data.sources import CORPUS_VERSION, source_files
 from fromzero.errors import FromzeroError
 from fromzero.model.encoder import EncoderConfig, EncoderModel, load_encoder, save_encoder
 from fromzero.objectives.contrastive import ContrastiveConfig, SimCSE, contrastive_metrics, embed, knn_accuracy
@@ -107,7 +107,7 @@ def prepare_tokenizer(cfg: EncoderPretrainConfig, out_dir: Path, quiet: bool = F
 def load_corpus(sources: list[str], tok: Tokenizer, max_docs: int | None, cache_dir: str | Path,
                 quiet: bool = False) -> SentenceCorpus:
     """build_sentence_corpus, cached as .npz by (sources and their files' size/mtime, tokenizer, max_docs)."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"corpus {CORPUS_VERSION}".encode())
     for src in sources:
         h.update(src.encode())
         for f in source_files(src):

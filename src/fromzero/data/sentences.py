@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fromzero.data.sources import iter_people_daily_tagged, iter_texts
+from fromzero.data.sources import iter_texts, people_daily_words
 from fromzero.errors import FromzeroError
 
 Mode = Literal["packed", "sentence", "nsp", "sop"]
@@ -147,8 +147,7 @@ def build_sentence_corpus(sources: Sequence[str], tokenizer, max_docs: int | Non
 
 def _people_daily_docs() -> Iterator[tuple[str, np.ndarray]]:
     """(text, word index of every character) for each People's Daily paragraph."""
-    for words in iter_people_daily_tagged():
-        pieces = [w for w, _ in words]
+    for pieces in people_daily_words():
         lens = np.fromiter((len(w) for w in pieces), dtype=np.int64, count=len(pieces))
         yield "".join(pieces), np.repeat(np.arange(len(pieces)), lens)
 

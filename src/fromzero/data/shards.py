@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from fromzero.data.sources import iter_texts, source_files
+from fromzero.data.sources import CORPUS_VERSION, iter_texts, source_files
 from fromzero.errors import FromzeroError
 
 FORMAT_VERSION = 1  # bump when the layout or the text extraction changes: old caches are ignored
@@ -90,7 +90,7 @@ def build_shards(
             meta = {
                 **counts[split], "split": split, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size,
                 "eos_id": eos, "sources": sources, "val_fraction": val_fraction, "seed": seed,
-                "format": FORMAT_VERSION,
+                "format": FORMAT_VERSION, "corpus": CORPUS_VERSION,
             }
             _atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, ensure_ascii=False))
     finally:
@@ -133,6 +133,7 @@ def shard_key(sources: Sequence[str], tokenizer: Any, val_fraction: float, seed:
             files.append([source, str(f.resolve()), st.st_size, st.st_mtime_ns])
     recipe = {
         "format": FORMAT_VERSION,
+        "corpus": CORPUS_VERSION,
         "files": files,
         "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
         "val_fraction": val_fraction,

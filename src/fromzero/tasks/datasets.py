@@ -32,7 +32,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Iterator, Literal, Sequence, Union
 
 from fromzero.errors import FromzeroError
 from fromzero.tasks.chat_data import ChatExample, chat_from_turns, check_messages
@@ -180,6 +180,39 @@ def _builtin_split(name: str, seed: int, split: str) -> list:
     if name in _PD_CONVERTERS:
         return _PD_CONVERTERS[name](_people_daily_split(seed)[split])
     return _builtin_splits(name, seed)[split]
+
+
+# ----------------------------------------------------------------------------- pretraining without evaluation texts
+
+_HELD_OUT_TASKS = {"reviews_zh": "reviews_zh", "tweets_en": "tweets_en"}  # pretraining source -> its task
+
+
+@lru_cache(maxsize=4)
+def evaluation_keys(source: str) -> frozenset[str]:
+    """Normalised texts of the validation and test splits (default seed 0) of the built-in tasks made
+    from the pretraining corpus `source`; empty for other sources.
+
+    The pretraining corpora leave these texts out, so a model pretrained here and fine-tuned on a
+    built-in task has never read that task's test sentences, not even without labels.
+    """
+    if source == "people_daily":
+        split = _people_daily_split(0)
+        return frozenset(normalize_key(s.text) for name in ("val", "test") for s in split[name])
+    if source in _HELD_OUT_TASKS:
+        splits = _builtin_splits(_HELD_OUT_TASKS[source], 0)
+        return frozenset(normalize_key(e.dedupe_key()) for name in ("val", "test") for e in splits[name])
+    return frozenset()
+
+
+def people_daily_pretraining_words() -> Iterator[list[str]]:
+    """The words of each People's Daily paragraph with its evaluation sentences (see evaluation_keys) cut out."""
+    from fromzero.data import sources
+
+    held_out = evaluation_keys("people_daily")
+    for para in _tagged_paragraphs(sources):
+        words = [w for s in split_sentences(para) if normalize_key(s.text) not in held_out for w, _ in s.words]
+        if words:
+            yield words
 
 
 # ----------------------------------------------------------------------------- user files
