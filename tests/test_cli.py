@@ -64,10 +64,11 @@ def test_resume_continues_to_new_max_steps(trained_run, corpus):
     assert state["step"] == 14
 
 
-def test_generate_streams_text(trained_run):
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16"])
+def test_generate_streams_text(trained_run, dtype):
     ckpt = trained_run / "checkpoints" / "last"
     r = run_cli("generate", "--model", str(ckpt), "--prompt", "中国", "--max-new-tokens", "8",
-                "--temperature", "0")
+                "--temperature", "0", "--dtype", dtype)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("中国") and len(r.stdout.strip()) > 2
 

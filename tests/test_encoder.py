@@ -74,6 +74,14 @@ def test_padding_does_not_change_real_positions():
     torch.testing.assert_close(long[:, :8], short, atol=1e-5, rtol=1e-5)
 
 
+def test_inputs_embeds_equal_token_lookup():
+    # prompt tuning feeds vectors instead of ids: looked-up vectors must give the same states
+    m = tiny()
+    ids, mask, types = inputs()
+    torch.testing.assert_close(m.hidden_states(None, mask, types, inputs_embeds=m.emb.tok(ids)),
+                               m.hidden_states(ids, mask, types))
+
+
 def test_pre_ln_variant_tied_head_and_accounting():
     m = tiny(pre_ln=True)
     assert m.final_norm is not None

@@ -20,6 +20,7 @@ from fromzero.config import build
 from fromzero.errors import FromzeroError
 from fromzero.finetune import FinetuneConfig, evaluate_saved, load_finetuned, predict, read_meta, run_finetune
 from fromzero.model import DecoderLM, ModelConfig, save_model
+from fromzero.model.encoder import EncoderConfig, EncoderModel
 from fromzero.peft import PeftConfig, apply_peft, trainable_parameters
 from fromzero.tasks import label_names, load_task_data
 from fromzero.tasks.collate import (Framing, TaskBatches, collate, encode_classification, encode_tagging, join_units,
@@ -212,13 +213,15 @@ def test_pool_and_token_classifier_shapes():
     ("lora", "lora_"), ("adapter", "adapter"), ("ia3", "ia3"), ("bitfit", ".bias"), ("prompt", "prompt_embeddings"),
     ("prefix", "prefix_"),
 ])
-@pytest.mark.parametrize("backbone", ["decoder", "tiny"])
+@pytest.mark.parametrize("backbone", ["decoder", "encoder", "tiny"])
 def test_peft_methods_train_the_adapter_and_the_head(method, extra, backbone):
     if backbone == "tiny" and method == "prefix":
         pytest.skip("TinyBackbone has no prefix_kv attention")
     torch.manual_seed(0)
-    model = SequenceClassifier(DecoderLM(tiny(100, 32)) if backbone == "decoder" else TinyBackbone(), 2)
-    cfg = PeftConfig(method=method, target_modules=["attn.qkv"] if backbone == "decoder" else ["qkv"],
+    model = SequenceClassifier({"decoder": lambda: DecoderLM(tiny(100, 32)), "tiny": TinyBackbone,
+                                "encoder": lambda: EncoderModel(EncoderConfig(vocab_size=32, n_layer=1, n_head=2,
+                                                                              d_model=16, max_seq_len=32))}[backbone](), 2)
+    cfg = PeftConfig(method=method, target_modules=["qkv"] if backbone == "tiny" else ["attn.qkv"],
                      modules_to_save=["classifier"])
     model = apply_peft(model, cfg)
     names = [n for n, p in model.named_parameters() if p.requires_grad]

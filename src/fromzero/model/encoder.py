@@ -140,9 +140,13 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.proj = nn.Linear(e, cfg.d_model) if e != cfg.d_model else None
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
-        T = input_ids.shape[1]
-        x = self.tok(input_ids) + self.pos.weight[:T]
+    def forward(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
+                inputs_embeds: Tensor | None = None) -> Tensor:
+        """inputs_embeds [B, T, emb_dim] replaces the token lookup (prompt tuning prepends vectors);
+        positions, segments, LayerNorm and dropout apply to it as to looked-up tokens."""
+        x = self.tok(input_ids) if inputs_embeds is None else inputs_embeds
+        T = x.shape[1]
+        x = x + self.pos.weight[:T]
         x = x + (self.seg.weight[0] if token_type_ids is None else self.seg(token_type_ids))
         x = self.drop(self.norm(x))
         return x if self.proj is None else self.proj(x)
@@ -196,16 +200,17 @@ class EncoderModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                      token_type_ids: Tensor | None = None) -> Tensor:
-        """[B, T] ids (attention_mask: 1 = real token, 0 = padding) -> last-layer states [B, T, d_model]."""
-        T = input_ids.shape[1]
+    def hidden_states(self, input_ids: Tensor | None, attention_mask: Tensor | None = None,
+                      token_type_ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """[B, T] ids (attention_mask: 1 = real token, 0 = padding) -> last-layer states [B, T, d_model].
+        inputs_embeds [B, T, emb_dim] instead of ids: vectors that bypass the token embedding."""
+        T = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         if T > self.config.max_seq_len:
             raise FromzeroError(
                 f"input has {T} tokens but the encoder's max_seq_len is {self.config.max_seq_len}; "
                 f"truncate the input to {self.config.max_seq_len} tokens"
             )
-        x = self.emb(input_ids, token_type_ids)
+        x = self.emb(input_ids, token_type_ids, inputs_embeds)
         mask = key_padding_mask(attention_mask)
         for block in self.blocks:
             x = block(x, mask)

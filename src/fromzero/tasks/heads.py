@@ -10,7 +10,8 @@ one nn.Linear stored as `classifier`, so `peft.modules_to_save: [classifier]` na
 have a `head`, their MLM head, and a suffix match would pick up both.)
 
 Pooling (SequenceClassifier) turns [B, T, d] into one vector per text:
-  cls  - position 0; through the encoder's own `pooled(...)` (BERT's [CLS] pooler) when it has one
+  cls  - position 0; through the encoder's own `pooled(...)` (BERT's [CLS] pooler) when it has one;
+         under prompt tuning position 0 is the first soft-prompt vector, a learned [CLS] of its own
   last - the last real token (attention_mask == 1): in a decoder it is the only position that has
          read the whole text, so it is the natural summary (batches are right-padded)
   mean - the mean over real tokens
