@@ -194,3 +194,29 @@ def test_tfidf_baseline_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.feature_extraction.text", None)
     with pytest.raises(FromzeroError, match="pip install scikit-learn"):
         tfidf_logreg([("a", 0), ("b", 1)], [("a", 0)])
+
+
+def test_bio_viterbi_is_the_best_valid_sequence():
+    # brute force over all tag sequences: the decoder must return the highest-scoring well-formed one
+    import itertools
+
+    from fromzero.tasks.bio_decode import allowed_transitions, bio_viterbi
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    start_ok, step_ok = allowed_transitions(labels)
+    assert not start_ok[2] and step_ok[1, 2] and step_ok[2, 2] and not step_ok[0, 2] and not step_ok[1, 4]
+
+    def valid(seq):
+        return start_ok[seq[0]] and all(step_ok[a, b] for a, b in zip(seq, seq[1:]))
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 4, 5):
+        for _ in range(20):
+            lp = np.log(rng.dirichlet(np.ones(len(labels)), size=n))
+            best = max((s for s in itertools.product(range(len(labels)), repeat=n) if valid(s)),
+                       key=lambda s: sum(lp[i, t] for i, t in enumerate(s)))
+            assert bio_viterbi(lp, start_ok, step_ok) == list(best)
+    # the per-position argmax "O I-PER" becomes a whole entity or nothing
+    lp = np.log(np.array([[0.6, 0.3, 0.02, 0.04, 0.04], [0.1, 0.05, 0.8, 0.03, 0.02]]))
+    assert [labels[t] for t in bio_viterbi(lp, start_ok, step_ok)] == ["B-PER", "I-PER"]
+    assert bio_viterbi(np.zeros((0, 5)), start_ok, step_ok) == []

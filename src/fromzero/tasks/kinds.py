@@ -28,6 +28,7 @@ from torch import nn
 from fromzero.errors import FromzeroError
 from fromzero.evaluation.metrics import classification_report, entity_report, perplexity, tag_accuracy
 from fromzero.objectives.clm import causal_lm
+from fromzero.tasks.bio_decode import allowed_transitions, bio_viterbi
 from fromzero.tasks.collate import (Framing, Row, encode_classification, encode_tagging, mean_lm_loss,
                                     predict_logits, tags_from_predictions)
 from fromzero.tasks.heads import SequenceClassifier, TokenClassifier
@@ -134,6 +135,8 @@ class Tagging(TaskKind):
         super().__init__(tokenizer, max_len, eval_batch_size)
         self.labels, self.framing, self.unit, self.dropout = list(labels), framing, unit, dropout
         self.metric = "entity_f1" if is_bio(self.labels) else "word_f1" if is_bmes(self.labels) else "tag_accuracy"
+        plain_bio = self.metric == "entity_f1" and all(t == "O" or t[:2] in ("B-", "I-") for t in self.labels)
+        self._transitions = allowed_transitions(self.labels) if plain_bio else None
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         return TokenClassifier(backbone, len(self.labels), self.dropout)
@@ -152,8 +155,20 @@ class Tagging(TaskKind):
     def _tags(self, model: nn.Module, units: Sequence[Sequence[str]], encoded: tuple) -> list[list[str]]:
         rows, positions, owners = encoded
         logits = predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)
-        return tags_from_predictions([lg.argmax(-1).tolist() for lg in logits], positions, owners,
-                                     [len(u) for u in units], self.labels)
+        return tags_from_predictions([self._decode(lg, pos) for lg, pos in zip(logits, positions)], positions,
+                                     owners, [len(u) for u in units], self.labels)
+
+    def _decode(self, logits: torch.Tensor, positions: Sequence[int | None]) -> list[int]:
+        """Per-position tag ids of one row: the best well-formed BIO sequence over the positions that
+        stand for a unit (tasks/bio_decode.py), or the per-position argmax for other tag sets."""
+        ids = logits.argmax(-1).tolist()
+        if self._transitions is None:
+            return ids
+        at = [i for i, u in enumerate(positions) if u is not None]
+        log_probs = torch.log_softmax(logits[at].float(), dim=-1).numpy()
+        for i, tag in zip(at, bio_viterbi(log_probs, *self._transitions)):
+            ids[i] = tag
+        return ids
 
     def scores(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
         out: dict[str, Any] = {"tag_accuracy": tag_accuracy(gold, pred), "n": len(gold)}

@@ -1,0 +1,46 @@
+"""Tag decoding that only produces well-formed BIO sequences.
+
+Taking the most likely tag at every position on its own can yield sequences no annotator writes:
+"O I-PER", "B-LOC I-PER". Entity-level metrics then count a broken or mislabelled span, and every
+such slip costs precision and recall at once. Decoding instead finds the single most likely
+sequence (the sum of per-position log-probabilities) among the valid ones, where I-X may only follow
+B-X or I-X: Viterbi with hard transition constraints, i.e. a CRF's decoding with 0 / -inf
+transition scores, on top of the model's independent per-position distributions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def allowed_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(start_ok [L], step_ok [L, L]): which tags may open a sequence, and prev -> next pairs."""
+    def inside(tag: str) -> str | None:
+        return tag[2:] if tag.startswith("I-") else None
+
+    def opens(tag: str) -> str | None:
+        return tag[2:] if tag[:2] in ("B-", "I-") else None
+
+    start_ok = np.array([inside(t) is None for t in labels])
+    step_ok = np.array([[inside(nxt) is None or opens(prev) == inside(nxt) for nxt in labels] for prev in labels])
+    return start_ok, step_ok
+
+
+def bio_viterbi(log_probs: np.ndarray, start_ok: np.ndarray, step_ok: np.ndarray) -> list[int]:
+    """The best valid tag sequence for per-position log-probabilities [N, L]."""
+    n = len(log_probs)
+    if n == 0:
+        return []
+    forbid = np.where(step_ok, 0.0, -np.inf)  # [prev, next]
+    score = np.where(start_ok, log_probs[0], -np.inf)
+    back = np.zeros((n, log_probs.shape[1]), dtype=np.int64)
+    for i in range(1, n):
+        cand = score[:, None] + forbid  # [prev, next]
+        back[i] = cand.argmax(0)
+        score = cand.max(0) + log_probs[i]
+    path = [int(score.argmax())]
+    for i in range(n - 1, 0, -1):
+        path.append(int(back[i, path[-1]]))
+    return path[::-1]
