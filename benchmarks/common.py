@@ -5,6 +5,7 @@ so only ratios measured in one run, step by step side by side, mean anything).""
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from typing import Callable
 
@@ -12,8 +13,14 @@ import torch
 
 from fromzero.model.config import ModelConfig
 from fromzero.model.decoder import DecoderLM
+from fromzero.model.encoder import EncoderConfig, EncoderModel
+from fromzero.model.encoder_decoder import EncoderDecoderLM, T5Config
 
 SIZE = dict(n_layer=6, n_head=6, d_model=384, max_seq_len=256, vocab_size=8192, dropout=0.0)
+# BERT: SIZE's body at BERT's usual context; post-LN is what BERT is
+ENCODER_SIZE = dict(n_layer=6, n_head=6, d_model=384, max_seq_len=128, vocab_size=8192, dropout=0.0, pre_ln=False)
+# T5: fromzero's default T5Config (v1.1 gated-GELU, tied head), 4 + 4 layers, 4 heads of 64
+T5_SIZE = dict(n_layer=4, n_decoder_layer=4, n_head=4, d_model=256, d_kv=64, d_ff=1024, vocab_size=8192, dropout=0.0)
 
 
 def fromzero_model(arch: str) -> DecoderLM:
@@ -35,6 +42,43 @@ def hf_model(arch: str, like: DecoderLM) -> torch.nn.Module:
                          num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
                          max_position_embeddings=c.max_seq_len, tie_word_embeddings=True, rms_norm_eps=c.norm_eps)
     return tf.LlamaForCausalLM(cfg)
+
+
+def fromzero_encoder() -> EncoderModel:
+    return EncoderModel(EncoderConfig(**ENCODER_SIZE))
+
+
+def fromzero_t5() -> EncoderDecoderLM:
+    return EncoderDecoderLM(T5Config(**T5_SIZE))
+
+
+def hf_bert(like: EncoderModel) -> torch.nn.Module:
+    """transformers' BertForMaskedLM with `like`'s config and weights, through fromzero's BERT export
+    (so the two compute the same function, and the pretraining comparison is of speed alone)."""
+    import transformers as tf
+
+    from fromzero.model.hf_bert import save_hf_bert
+
+    return _from_export(tf.BertForMaskedLM, save_hf_bert, like)
+
+
+def hf_t5(like: EncoderDecoderLM) -> torch.nn.Module:
+    """transformers' T5ForConditionalGeneration with `like`'s config and weights (see hf_bert)."""
+    import transformers as tf
+
+    from fromzero.model.hf_t5 import save_hf_t5
+
+    return _from_export(tf.T5ForConditionalGeneration, save_hf_t5, like)
+
+
+def _from_export(cls: type, save: Callable, like: torch.nn.Module) -> torch.nn.Module:
+    import transformers as tf
+
+    tf.logging.set_verbosity_error()  # else a load report lists the exported pooler BertForMaskedLM has no use for
+    tf.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as d:
+        save(like, d)
+        return cls.from_pretrained(d)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
