@@ -356,6 +356,11 @@ def test_label_set_mismatch_and_unknown_labels(tmp_path):
 def test_missing_pretrained_model_says_how_to_get_one(tmp_path):
     with pytest.raises(FromzeroError, match="no pretrained model at .*config.json"):
         run_finetune(cfg_for("reviews_zh", tmp_path, model=tmp_path / "nope"))
+    ckpt = tmp_path / "run" / "checkpoints" / "best"  # an encoder objective's Trainer checkpoint
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text(json.dumps({"vocab_size": 64, "type_vocab_size": 2}), encoding="utf-8")
+    with pytest.raises(FromzeroError, match=r"model=.*run/encoder"):
+        run_finetune(cfg_for("reviews_zh", tmp_path / "ft", model=ckpt))
 
 
 def _pinyin_windows(split: str, common: set[str], limit: int, width: int = 3) -> list[dict]:

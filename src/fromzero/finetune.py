@@ -126,6 +126,10 @@ def load_backbone(path: str | Path) -> nn.Module:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FromzeroError(f"{cfg_file} is not valid JSON ({e}); re-save the model") from None
     model_type = data.get("model_type")
+    if model_type is None and "type_vocab_size" in data:  # a Trainer checkpoint of an encoder objective
+        export = path.parent.parent / "encoder"
+        raise FromzeroError(f"{path} is a training checkpoint of an encoder pretraining run; fine-tune the encoder "
+                            f"it exported instead: model={export}")
     if model_type in ("fromzero-encoder", "bert"):
         from fromzero.model.encoder import load_encoder
 
