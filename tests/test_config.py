@@ -69,3 +69,29 @@ def test_yaml_errors(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(FromzeroError, match="mapping"):
         load_yaml(listy)
+
+
+def test_every_shipped_recipe_builds_its_config():
+    # a typo in a shipped YAML would otherwise only surface when a user runs that recipe
+    from pathlib import Path
+
+    import fromzero
+    from fromzero.config import build
+    from fromzero.finetune import FinetuneConfig
+    from fromzero.pretrain import SEQ2SEQ_OBJECTIVES, PretrainConfig
+    from fromzero.pretrain_encoder import EncoderPretrainConfig
+    from fromzero.pretrain_seq2seq import Seq2SeqPretrainConfig
+    from fromzero.recipes import load_recipe
+
+    configs = Path(fromzero.__file__).parent / "configs"
+    names = sorted(str(p.relative_to(configs).with_suffix("")) for p in configs.glob("*/*.yaml"))
+    assert len(names) >= 10
+    for name in names:
+        recipe = load_recipe(name)
+        if name.startswith("finetune/"):
+            cls = FinetuneConfig
+        else:
+            objective = recipe.get("objective", "clm")
+            cls = PretrainConfig if objective == "clm" else \
+                Seq2SeqPretrainConfig if objective in SEQ2SEQ_OBJECTIVES else EncoderPretrainConfig
+        build(cls, recipe)
