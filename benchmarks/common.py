@@ -4,6 +4,7 @@ so only ratios measured in one run, step by step side by side, mean anything).""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -79,6 +80,20 @@ def _from_export(cls: type, save: Callable, like: torch.nn.Module) -> torch.nn.M
     with tempfile.TemporaryDirectory() as d:
         save(like, d)
         return cls.from_pretrained(d)
+
+
+def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], bf16: bool) -> Callable[[], None]:
+    """One timed training step: `loss()` (under bf16 autocast if asked) + backward + AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            value = loss()
+        value.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:

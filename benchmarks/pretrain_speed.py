@@ -19,14 +19,14 @@ forward + backward + AdamW; tokens/s counts encoder tokens; the two models' step
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 from typing import Callable
 
 import numpy as np
 import torch
 
-from common import ENCODER_SIZE, T5_SIZE, fromzero_encoder, fromzero_t5, hf_bert, hf_t5, interleaved
+from common import (ENCODER_SIZE, T5_SIZE, fromzero_encoder, fromzero_t5, hf_bert, hf_t5, interleaved,
+                    training_step)
 from fromzero.data.sentences import collate as collate_rows
 from fromzero.data.seq2seq_batches import collate as collate_pairs
 from fromzero.objectives.mlm import MLMMasker
@@ -110,17 +110,7 @@ def check_parity(arch: str, models: dict[str, torch.nn.Module], losses: dict[str
 
 
 def make_step(model: torch.nn.Module, loss_fn: LossFn, batch: Batch, bf16: bool) -> Callable[[], None]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-
-    def step() -> None:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return training_step(model, lambda: loss_fn(model, batch), bf16)
 
 
 def main() -> None:

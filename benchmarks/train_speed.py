@@ -11,31 +11,23 @@ token (LM head included) plus attention, against the measured matmul peak of the
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
-from common import SIZE, fromzero_model, hf_model, interleaved, matmul_peak
+from common import SIZE, fromzero_model, hf_model, interleaved, matmul_peak, training_step
 
 BATCH = 16
 
 
 def make_step(model: torch.nn.Module, kind: str, x: torch.Tensor, bf16: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     labels = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)  # fromzero takes shifted labels
 
-    def step() -> None:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            if kind == "hf":
-                loss = model(input_ids=x, labels=x).loss  # transformers shifts internally
-            else:
-                loss = model(x, labels=labels)[1]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def loss() -> torch.Tensor:
+        if kind == "hf":
+            return model(input_ids=x, labels=x).loss  # transformers shifts internally
+        return model(x, labels=labels)[1]
 
-    return step
+    return training_step(model, loss, bf16)
 
 
 def main() -> None:
