@@ -310,7 +310,7 @@ def save_encoder(model: EncoderModel, dir: str | Path) -> Path:
 def load_encoder(dir: str | Path, map_location: str | torch.device = "cpu") -> EncoderModel:
     """Rebuild an EncoderModel from save_encoder output, a trainer checkpoint of one, or a Hugging
     Face BERT folder (config.json model_type "bert")."""
-    from fromzero.model.hf_bert import read_config, read_safetensors
+    from fromzero.model.io import read_config, read_safetensors
 
     dir = Path(dir)
     if not dir.is_dir():

@@ -18,6 +18,7 @@ import torch
 
 from fromzero.errors import FromzeroError
 from fromzero.model.encoder import EncoderConfig, EncoderModel
+from fromzero.model.io import read_config, read_safetensors
 
 WEIGHTS = "model.safetensors"
 TASK_HEADS = ("classifier.", "qa_outputs.", "dropout.")  # fine-tuning heads we skip on import
@@ -214,33 +215,6 @@ def save_hf_bert(model: EncoderModel, path: str | Path) -> Path:
     save_file(tensors, str(path / WEIGHTS), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def read_config(dir: Path) -> dict:
-    """config.json of a model folder as a dict, with one clear error for a missing or broken file."""
-    path = dir / "config.json"
-    if not path.is_file():
-        raise FromzeroError(f"{path} not found; a model folder needs config.json next to model.safetensors")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FromzeroError(f"{path} is not valid JSON ({e}); re-save or re-download the model") from None
-    if not isinstance(data, dict):
-        raise FromzeroError(f"{path} must hold a JSON object; re-save or re-download the model")
-    return data
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; truncation/corruption becomes one clear error."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FromzeroError(f"{path} not found; the model folder is incomplete (was the save interrupted?)")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # SafetensorError, OSError: an unreadable file
-        raise FromzeroError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e!r}); "
-                            "it is probably truncated or corrupt: re-save or re-download it") from None
 
 
 def _safetensors_keys(path: Path) -> set[str]:

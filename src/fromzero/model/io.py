@@ -64,15 +64,17 @@ def save_model(model: nn.Module, dir: str | Path) -> Path:
 
 
 def read_config(dir: Path) -> dict:
+    """config.json of a model folder as a dict, with one clear error for a missing or broken file."""
     path = dir / CONFIG
     if not path.is_file():
-        raise FromzeroError(f"{path} not found; point to a directory written by save_model (model.safetensors + config.json)")
+        raise FromzeroError(f"{path} not found; a model folder needs config.json next to model.safetensors "
+                            "(written by save_model, or a Hugging Face model folder)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FromzeroError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-save it") from None
+        raise FromzeroError(f"{path} is not valid JSON ({e}); the folder is corrupt, re-save or re-download it") from None
     if not isinstance(data, dict):
-        raise FromzeroError(f"{path} must hold a JSON object; the checkpoint is corrupt, re-save it")
+        raise FromzeroError(f"{path} must hold a JSON object; the folder is corrupt, re-save or re-download it")
     return data
 
 
