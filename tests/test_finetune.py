@@ -320,13 +320,17 @@ def test_every_strategy_runs_saves_and_reloads(tmp_path, base_dir, peft):
     assert abs(sum(p == g for p, g in zip(preds, gold)) / 20 - summary["test_metric"]) < 1e-9  # reload == run
 
 
-def test_an_encoder_backbone_plugs_in_with_cls_sep_framing(tmp_path):
+@pytest.mark.parametrize("crf", [False, True])
+def test_an_encoder_backbone_plugs_in_with_cls_sep_framing(tmp_path, crf):
     summary = run_finetune(cfg_for("ner_zh", tmp_path, steps=4, max_train_examples=200, max_val_examples=20,
-                                   max_test_examples=20, scratch__arch="encoder",
+                                   max_test_examples=20, scratch__arch="encoder", crf=crf,
                                    scratch__encoder={"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 64}))
     assert summary["metric"] == "entity_f1" and (tmp_path / "model" / "model.safetensors").is_file()
     model, kind, _ = load_finetuned(tmp_path / "model")
     assert type(model.backbone).__name__ == "EncoderModel"
+    assert kind.crf == crf and hasattr(model, "crf") == crf
+    if crf:  # the learned transitions were saved and reloaded
+        assert model.crf.trans.abs().sum() > 0 and model.crf.trans.requires_grad
     assert kind.framing.prefix == [kind.tok.cls_id] and kind.framing.suffix == [kind.tok.sep_id]
     again = evaluate_saved(tmp_path / "model", split="test")
     assert again["n"] == len(load_task_data("ner_zh", "test"))

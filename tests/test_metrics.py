@@ -220,3 +220,42 @@ def test_bio_viterbi_is_the_best_valid_sequence():
     lp = np.log(np.array([[0.6, 0.3, 0.02, 0.04, 0.04], [0.1, 0.05, 0.8, 0.03, 0.02]]))
     assert [labels[t] for t in bio_viterbi(lp, start_ok, step_ok)] == ["B-PER", "I-PER"]
     assert bio_viterbi(np.zeros((0, 5)), start_ok, step_ok) == []
+
+
+def test_crf_likelihood_and_decoding_match_brute_force():
+    """log-partition, gold score and Viterbi of the CRF against enumerating every tag sequence,
+    with unlabelled (-100) positions skipped and rows of different lengths."""
+    import itertools
+
+    import torch
+
+    from fromzero.tasks.crf import CRF
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    crf = CRF(labels)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    start, trans, end = (t.double() for t in crf.scores())
+    em = torch.randn(2, 6, len(labels), dtype=torch.float64)
+    tags = torch.tensor([[-100, 1, 2, -100, 0, -100], [-100, 3, 4, 4, -100, -100]])
+
+    def score(e, seq):
+        return (start[seq[0]] + sum(e[i, t] for i, t in enumerate(seq))
+                + sum(trans[a, b] for a, b in zip(seq, seq[1:])) + end[seq[-1]])
+
+    total, n_total = 0.0, 0
+    for row in range(2):
+        at = (tags[row] != -100).nonzero().flatten()
+        e, gold = em[row, at], tags[row, at].tolist()
+        seqs = list(itertools.product(range(len(labels)), repeat=len(gold)))
+        scores = torch.stack([score(e, s) for s in seqs])
+        total += float(torch.logsumexp(scores, 0) - score(e, gold))
+        n_total += len(gold)
+        assert crf.decode(e) == list(seqs[int(scores.argmax())])
+        best = crf.decode(e)
+        assert all(labels[t] != "I-PER" or labels[p] in ("B-PER", "I-PER") for p, t in zip(best, best[1:]))
+    assert abs(float(crf.nll(em.float(), tags)) - total / n_total) < 1e-4
+    crf.nll(em.float(), tags).backward()
+    assert crf.trans.grad.abs().sum() > 0 and crf.start.grad is not None

@@ -90,6 +90,7 @@ class FinetuneConfig:
     max_len: int = 128  # tokens per example (capped by the model's max_seq_len)
     pooling: Literal["auto", "cls", "last", "mean"] = "auto"  # classification: see tasks/heads.py
     dropout: float = 0.1  # before the task head
+    crf: bool = False  # tagging: a CRF layer (learned tag transitions, sequence-level loss) on the token head
     data_seed: int = 0  # the 80/10/10 split
     max_train_examples: int | None = None  # use only the first N training examples (quick runs)
     max_val_examples: int | None = 1000  # validation subset scored at every eval
@@ -214,12 +215,14 @@ def make_kind(kind: str, tok: Any, backbone: nn.Module, max_len: int, labels: Se
         if max_len < 4:
             raise FromzeroError(f"peft.num_virtual_tokens={cfg.peft.num_virtual_tokens} leaves no context for text "
                                 f"(max_seq_len {ctx}); use fewer virtual tokens")
+    if cfg.crf and kind != "tagging":
+        raise FromzeroError(f"crf: true adds a CRF to a tagging head, but this is a {kind} task; remove crf")
     if kind == "classification":
         return Classification(tok, max_len, labels, framing_for(is_encoder(backbone), tok), cfg.pooling, cfg.dropout,
                               cfg.eval_batch_size)
     if kind == "tagging":
         return Tagging(tok, max_len, labels, framing_for(is_encoder(backbone), tok), unit, cfg.dropout,
-                       cfg.eval_batch_size)
+                       cfg.eval_batch_size, cfg.crf)
     if kind == "seq2seq":
         return Seq2Seq(tok, max_len, seq2seq_format(backbone, tok, max_len, cfg.eval_batch_size), cfg.max_new_tokens,
                        cfg.eval_batch_size)
@@ -230,10 +233,11 @@ def make_kind(kind: str, tok: Any, backbone: nn.Module, max_len: int, labels: Se
 
 def _peft_config(cfg: PeftConfig, kind: TaskKind) -> PeftConfig:
     """The task head always trains: add it to modules_to_save for every method that freezes the base."""
-    if kind.has_head and cfg.method != "none" and not any(m in ("classifier", r"^classifier$")
-                                                          for m in cfg.modules_to_save):
-        return build(PeftConfig, {**to_dict(cfg), "modules_to_save": [*cfg.modules_to_save, "classifier"]})
-    return cfg
+    if not kind.has_head or cfg.method == "none":
+        return cfg
+    heads = ["classifier", "crf"] if getattr(kind, "crf", False) else ["classifier"]
+    missing = [h for h in heads if not any(m in (h, f"^{h}$") for m in cfg.modules_to_save)]
+    return build(PeftConfig, {**to_dict(cfg), "modules_to_save": [*cfg.modules_to_save, *missing]}) if missing else cfg
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -384,7 +388,7 @@ def _meta(cfg: FinetuneConfig, kind: TaskKind, kind_name: str, labels: Sequence[
           peft_cfg: PeftConfig, base_path: Path | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "format": FORMAT, "version": 1, "task": cfg.task, "kind": kind_name, "labels": list(labels), "unit": unit,
-        "max_len": cfg.max_len, "pooling": cfg.pooling, "dropout": cfg.dropout, "pack": cfg.pack,
+        "max_len": cfg.max_len, "pooling": cfg.pooling, "dropout": cfg.dropout, "crf": cfg.crf, "pack": cfg.pack,
         "max_new_tokens": cfg.max_new_tokens, "chat_template": to_dict(cfg.chat_template),
         "peft": to_dict(peft_cfg), "adapter": peft_cfg.method != "none",
         "base_model": str(base_path) if base_path is not None and peft_cfg.method != "none" else None,
@@ -400,6 +404,26 @@ def _head_module(model: nn.Module) -> nn.Module | None:
     return getattr(inner, "classifier", None)
 
 
+def _head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What head.safetensors holds: the classifier's weights, plus "crf.*" for a CRF tagging head."""
+    head = _head_module(model)
+    state = dict(head.state_dict()) if head is not None else {}
+    crf = getattr(model, "crf", None)
+    if crf is not None:
+        state.update({f"crf.{k}": v for k, v in crf.state_dict().items()})
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _load_head_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    crf = getattr(model, "crf", None)
+    crf_state = {k[4:]: v for k, v in state.items() if k.startswith("crf.")}
+    if crf_state and crf is None:
+        raise RuntimeError("head.safetensors holds CRF weights but the model has no CRF layer")
+    _head_module(model).load_state_dict({k: v for k, v in state.items() if not k.startswith("crf.")})
+    if crf is not None:
+        crf.load_state_dict(crf_state)
+
+
 def _save_finetuned(model: nn.Module, kind: TaskKind, tok: Tokenizer, meta: dict, directory: Path) -> None:
     """Write the fine-tuned model (or the adapter + head) to `directory`, replacing an older save."""
     from safetensors.torch import save_file
@@ -412,10 +436,8 @@ def _save_finetuned(model: nn.Module, kind: TaskKind, tok: Tokenizer, meta: dict
     else:
         backbone = getattr(model, "backbone", model)
         save_backbone(backbone, directory)
-        head = _head_module(model)
-        if head is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
-                      str(directory / HEAD_FILE))
+        if _head_module(model) is not None:
+            save_file(_head_state(model), str(directory / HEAD_FILE))
     tok.save(directory)
     (directory / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -461,6 +483,7 @@ def load_finetuned(model_dir: str | Path, base_model: str | Path | None = None) 
         backbone = load_backbone(d)
     _check_vocab(backbone, tok, str(d))
     cfg = build(FinetuneConfig, {"max_len": meta["max_len"], "pooling": meta["pooling"], "dropout": meta["dropout"],
+                                 "crf": meta.get("crf", False),
                                  "pack": meta["pack"], "max_new_tokens": meta["max_new_tokens"],
                                  "chat_template": meta["chat_template"], "peft": meta["peft"]})
     kind = make_kind(meta["kind"], tok, backbone, meta["max_len"], meta["labels"], cfg, meta.get("unit", "char"))
@@ -469,10 +492,9 @@ def load_finetuned(model_dir: str | Path, base_model: str | Path | None = None) 
         model = load_adapter(model, d)
     else:
         if kind.has_head:
-            head = _head_module(model)
             state = load_file(str(d / HEAD_FILE))
             try:
-                head.load_state_dict(state)
+                _load_head_state(model, state)
             except RuntimeError as e:
                 raise FromzeroError(f"{d / HEAD_FILE} does not fit this model ({str(e).splitlines()[-1].strip()}); "
                                     "re-save the fine-tuned model") from None

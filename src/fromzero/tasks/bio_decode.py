@@ -30,17 +30,22 @@ def allowed_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def bio_viterbi(log_probs: np.ndarray, start_ok: np.ndarray, step_ok: np.ndarray) -> list[int]:
     """The best valid tag sequence for per-position log-probabilities [N, L]."""
-    n = len(log_probs)
+    n_tags = log_probs.shape[1]
+    return viterbi(log_probs, np.where(start_ok, 0.0, -np.inf), np.where(step_ok, 0.0, -np.inf), np.zeros(n_tags))
+
+
+def viterbi(emissions: np.ndarray, start: np.ndarray, trans: np.ndarray, end: np.ndarray) -> list[int]:
+    """argmax over tag sequences of start[y0] + sum emissions[i, yi] + sum trans[y(i-1), yi] + end[y_last]."""
+    n = len(emissions)
     if n == 0:
         return []
-    forbid = np.where(step_ok, 0.0, -np.inf)  # [prev, next]
-    score = np.where(start_ok, log_probs[0], -np.inf)
-    back = np.zeros((n, log_probs.shape[1]), dtype=np.int64)
+    score = start + emissions[0]
+    back = np.zeros((n, emissions.shape[1]), dtype=np.int64)
     for i in range(1, n):
-        cand = score[:, None] + forbid  # [prev, next]
+        cand = score[:, None] + trans  # [prev, next]
         back[i] = cand.argmax(0)
-        score = cand.max(0) + log_probs[i]
-    path = [int(score.argmax())]
+        score = cand.max(0) + emissions[i]
+    path = [int((score + end).argmax())]
     for i in range(n - 1, 0, -1):
         path.append(int(back[i, path[-1]]))
     return path[::-1]

@@ -31,8 +31,10 @@ from fromzero.objectives.clm import causal_lm
 from fromzero.tasks.bio_decode import allowed_transitions, bio_viterbi
 from fromzero.tasks.collate import (Framing, Row, encode_classification, encode_tagging, mean_lm_loss,
                                     predict_logits, tags_from_predictions)
+from fromzero.tasks.crf import CRF
 from fromzero.tasks.heads import SequenceClassifier, TokenClassifier
 from fromzero.tasks.sft import ChatFormat, pack_rows, sft_rows
+from fromzero.train.checkpoint import unwrap_model
 
 
 class TaskKind:
@@ -131,15 +133,18 @@ class Tagging(TaskKind):
     name, has_head = "tagging", True
 
     def __init__(self, tokenizer: Any, max_len: int, labels: Sequence[str], framing: Framing,
-                 unit: str = "char", dropout: float = 0.1, eval_batch_size: int = 64):
+                 unit: str = "char", dropout: float = 0.1, eval_batch_size: int = 64, crf: bool = False):
         super().__init__(tokenizer, max_len, eval_batch_size)
-        self.labels, self.framing, self.unit, self.dropout = list(labels), framing, unit, dropout
+        self.labels, self.framing, self.unit, self.dropout, self.crf = list(labels), framing, unit, dropout, crf
         self.metric = "entity_f1" if is_bio(self.labels) else "word_f1" if is_bmes(self.labels) else "tag_accuracy"
         plain_bio = self.metric == "entity_f1" and all(t == "O" or t[:2] in ("B-", "I-") for t in self.labels)
         self._transitions = allowed_transitions(self.labels) if plain_bio else None
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
-        return TokenClassifier(backbone, len(self.labels), self.dropout)
+        model = TokenClassifier(backbone, len(self.labels), self.dropout)
+        if self.crf:
+            model.crf = CRF(self.labels)
+        return model
 
     def rows(self, examples: Sequence[Any], where: str) -> list[Row]:
         return encode_tagging([e.tokens for e in examples], [e.tags for e in examples], self.tok, self.framing,
@@ -147,6 +152,8 @@ class Tagging(TaskKind):
 
     def objective(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+        if self.crf:
+            return {"loss": unwrap_model(model).crf.nll(logits, batch["labels"])}
         return {"loss": F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)}
 
     def _encode(self, units: Sequence[Sequence[str]], tags: Sequence[Sequence[str]] | None, where: str) -> tuple:
@@ -155,18 +162,22 @@ class Tagging(TaskKind):
     def _tags(self, model: nn.Module, units: Sequence[Sequence[str]], encoded: tuple) -> list[list[str]]:
         rows, positions, owners = encoded
         logits = predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)
-        return tags_from_predictions([self._decode(lg, pos) for lg, pos in zip(logits, positions)], positions,
+        crf = unwrap_model(model).crf if self.crf else None
+        return tags_from_predictions([self._decode(lg, pos, crf) for lg, pos in zip(logits, positions)], positions,
                                      owners, [len(u) for u in units], self.labels)
 
-    def _decode(self, logits: torch.Tensor, positions: Sequence[int | None]) -> list[int]:
-        """Per-position tag ids of one row: the best well-formed BIO sequence over the positions that
-        stand for a unit (tasks/bio_decode.py), or the per-position argmax for other tag sets."""
+    def _decode(self, logits: torch.Tensor, positions: Sequence[int | None], crf: CRF | None = None) -> list[int]:
+        """Per-position tag ids of one row: the CRF's best sequence over the positions that stand for a
+        unit, else the best well-formed BIO sequence (tasks/bio_decode.py), else the per-position argmax."""
         ids = logits.argmax(-1).tolist()
-        if self._transitions is None:
+        if crf is None and self._transitions is None:
             return ids
         at = [i for i, u in enumerate(positions) if u is not None]
-        log_probs = torch.log_softmax(logits[at].float(), dim=-1).numpy()
-        for i, tag in zip(at, bio_viterbi(log_probs, *self._transitions)):
+        if crf is not None:
+            best = crf.decode(logits[at])
+        else:
+            best = bio_viterbi(torch.log_softmax(logits[at].float(), dim=-1).numpy(), *self._transitions)
+        for i, tag in zip(at, best):
             ids[i] = tag
         return ids
 
