@@ -208,3 +208,17 @@ def test_config_validation_is_a_clear_error():
         T5Config(feed_forward="swiglu")
     with pytest.raises(FromzeroError, match="eos_id"):
         T5Config(vocab_size=3, eos_id=3)
+
+
+def test_biased_attention_matches_autograd_reference():
+    """The hand-written attention backward (incl. the gradient of a broadcast, learned bias)."""
+    from fromzero.model.encoder_decoder import _BiasedAttnFn
+
+    torch.manual_seed(0)
+    dbl = dict(dtype=torch.float64, requires_grad=True)
+    q, k, v = torch.randn(2, 3, 4, 5, **dbl), torch.randn(2, 3, 6, 5, **dbl), torch.randn(2, 3, 6, 5, **dbl)
+    for shape in ((1, 3, 4, 6), (2, 1, 1, 6), (2, 3, 4, 6)):
+        bias = torch.randn(*shape, **dbl)
+        ref = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
+        assert torch.allclose(_BiasedAttnFn.apply(q, k, v, bias), ref, atol=1e-12)
+        assert torch.autograd.gradcheck(_BiasedAttnFn.apply, (q, k, v, bias), fast_mode=True)

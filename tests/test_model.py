@@ -166,7 +166,8 @@ def test_custom_autograd_functions_pass_gradcheck():
     assert check(lambda x, w: layers._RMSNormFn.apply(x, w, 1e-5), (x, w))
     cos, sin = layers.rope_tables(8, 3, 10000.0)
     assert check(lambda x: layers._RopeFn.apply(x, cos.double(), sin.double()), (x,))
-    assert check(layers._SiluMulFn.apply, (x,))
+    for kind in ("silu", "gelu_tanh"):
+        assert check(lambda x: layers._GatedMulFn.apply(x, kind), (x,))
     for kv in (4, 2, 1):
         q = torch.randn(1, 4, 5, 4, **dbl)
         k, v = torch.randn(1, kv, 5, 4, **dbl), torch.randn(1, kv, 5, 4, **dbl)

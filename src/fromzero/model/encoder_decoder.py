@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fromzero.errors import FromzeroError
-from fromzero.model.layers import KVCache, RMSNorm, lm_head_loss
+from fromzero.model.layers import KVCache, RMSNorm, gated_activation, lm_head_loss
 
 MASKED = -1e30  # additive score for masked keys: finite in fp32 and bf16, so a fully masked row is uniform, not NaN
 
@@ -112,7 +112,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | float, dropout: float
 
     Plain matmuls rather than F.scaled_dot_product_attention: the bias is learned, and SDPA with a
     differentiable mask falls back to its slower math path on CPU (2x slower in bf16, measured).
+    Training without dropout takes _BiasedAttnFn (bias add fused into the score matmul, hand-written
+    backward).
     """
+    if isinstance(bias, Tensor) and dropout == 0 and torch.is_grad_enabled():
+        return _BiasedAttnFn.apply(q, k, v, bias.to(q.dtype))
     scores = torch.matmul(q, k.transpose(-1, -2))
     if isinstance(bias, Tensor):
         scores = scores + bias.to(scores.dtype)
@@ -120,6 +124,43 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | float, dropout: float
     if dropout > 0:
         probs = F.dropout(probs, p=dropout)
     return torch.matmul(probs.to(v.dtype), v)
+
+
+class _BiasedAttnFn(torch.autograd.Function):
+    """softmax(q k^T + bias) v as baddbmm + softmax + bmm, saving only the probabilities.
+
+    The backward is the textbook one; the bias gradient (T5's learned position bias) is the score
+    gradient summed over the dimensions the bias was broadcast along.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        B, H, Tq, D = q.shape
+        Tk = k.shape[2]
+        qf, kf, vf = q.reshape(B * H, Tq, D), k.reshape(B * H, Tk, D), v.reshape(B * H, Tk, D)
+        full = bias.expand(B, H, Tq, Tk).reshape(B * H, Tq, Tk)
+        probs = torch.softmax(torch.baddbmm(full, qf, kf.transpose(1, 2)), dim=-1)
+        ctx.save_for_backward(qf, kf, vf, probs)
+        ctx.bias_shape = bias.shape
+        return torch.bmm(probs, vf).view(B, H, Tq, D)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        qf, kf, vf, probs = ctx.saved_tensors
+        B, H, Tq, D = grad.shape
+        gf = grad.reshape(B * H, Tq, D)
+        dv = torch.bmm(probs.transpose(1, 2), gf)
+        dscores = torch._softmax_backward_data(torch.bmm(gf, vf.transpose(1, 2)), probs, -1, probs.dtype)
+        dq = torch.bmm(dscores, kf)
+        dk = torch.bmm(dscores.transpose(1, 2), qf)
+        dbias = None
+        if ctx.needs_input_grad[3]:
+            dbias = dscores.view(B, H, Tq, -1)
+            summed = [d for d, n in enumerate(ctx.bias_shape) if n == 1 and dbias.shape[d] != 1]
+            if summed:
+                dbias = dbias.sum(dim=summed, keepdim=True)
+        Tk = kf.shape[1]
+        return dq.view(B, H, Tq, D), dk.view(B, H, Tk, D), dv.view(B, H, Tk, D), dbias
 
 
 class SelfAttention(nn.Module):
@@ -178,11 +219,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.wi(x)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.gelu(gate, approximate="tanh") * up
-        else:
-            h = F.relu(h)
+        h = gated_activation(h, "gelu_tanh") if self.gated else F.relu(h)
         if self.drop is not None:
             h = self.drop(h)
         return self.wo(h)

@@ -261,32 +261,45 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.has_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up(x)
-        if torch.is_grad_enabled():
-            return self.down(_SiluMulFn.apply(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down(F.silu(gate).mul_(up))
+        return self.down(gated_activation(self.gate_up(x), "silu"))
 
 
-class _SiluMulFn(torch.autograd.Function):
-    """silu(gate) * up on the fused [gate; up] activation; the backward writes both halves of one
-    gradient buffer directly (no per-half temporaries, no concatenation)."""
+def gated_activation(gate_up: Tensor, kind: str) -> Tensor:
+    """act(gate) * up on a fused [gate; up] activation; kind "silu" (SwiGLU) or "gelu_tanh" (T5 v1.1)."""
+    if torch.is_grad_enabled() and gate_up.requires_grad:
+        return _GatedMulFn.apply(gate_up, kind)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return _act(gate, kind).mul_(up)
+
+
+def _act(x: Tensor, kind: str) -> Tensor:
+    return F.silu(x) if kind == "silu" else F.gelu(x, approximate="tanh")
+
+
+class _GatedMulFn(torch.autograd.Function):
+    """act(gate) * up with a backward that reuses the forward's act(gate) (no recompute) and writes
+    both halves of one gradient buffer directly (no per-half temporaries, no concatenation)."""
 
     @staticmethod
-    def forward(ctx, gate_up: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(gate_up)
+    def forward(ctx, gate_up: Tensor, kind: str) -> Tensor:  # type: ignore[override]
         gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate).mul_(up)
+        act = _act(gate, kind)
+        ctx.save_for_backward(gate_up, act)
+        ctx.kind = kind
+        return act * up
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (gate_up,) = ctx.saved_tensors
+        gate_up, act = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
         out = torch.empty_like(gate_up)
         d_gate, d_up = out.chunk(2, dim=-1)
-        torch.mul(grad, F.silu(gate), out=d_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
-        return out
+        torch.mul(grad, act, out=d_up)
+        if ctx.kind == "silu":
+            torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        else:
+            torch.ops.aten.gelu_backward.grad_input(grad * up, gate, approximate="tanh", grad_input=d_gate)
+        return out, None
 
 
 class Block(nn.Module):
