@@ -431,3 +431,21 @@ def test_encoder_decoder_plugs_into_the_seq2seq_task(tmp_path, pinyin_dir):
     assert summary["test"]["exact_match"] > 0.05 and summary["test_metric"] > 0.35, summary["test"]
     samples = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))["samples"][:5]
     assert predict(tmp_path / "run" / "model", [x["source"] for x in samples]) == [x["prediction"] for x in samples]
+
+
+def test_backbone_dropout_rebuilds_the_same_weights_with_dropout(tmp_path):
+    from fromzero.finetune import with_dropout
+
+    torch.manual_seed(0)
+    enc = EncoderModel(EncoderConfig(vocab_size=100, n_layer=1, n_head=2, d_model=32, max_seq_len=16, dropout=0.0))
+    noisy = with_dropout(enc, 0.3)
+    assert noisy.config.dropout == 0.3 and enc.config.dropout == 0.0
+    x = torch.randint(5, 100, (2, 10))
+    enc.eval(), noisy.eval()
+    assert torch.equal(enc.hidden_states(x), noisy.hidden_states(x))  # same weights
+    noisy.train()
+    assert not torch.allclose(enc.hidden_states(x), noisy.hidden_states(x))  # dropout is on
+    with pytest.raises(FromzeroError, match=r"backbone_dropout must be in \[0, 1\)"):
+        cfg_for("reviews_zh", tmp_path, backbone_dropout=1.0)
+    with pytest.raises(FromzeroError, match="has no config.dropout"):
+        with_dropout(torch.nn.Linear(2, 2), 0.1)

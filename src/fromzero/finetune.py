@@ -26,6 +26,7 @@ which is allocated outside Python's allocator.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import resource
@@ -90,6 +91,7 @@ class FinetuneConfig:
     max_len: int = 128  # tokens per example (capped by the model's max_seq_len)
     pooling: Literal["auto", "cls", "last", "mean"] = "auto"  # classification: see tasks/heads.py
     dropout: float = 0.1  # before the task head
+    backbone_dropout: float | None = None  # dropout inside a pretrained backbone while fine-tuning (None: as saved)
     crf: bool = False  # tagging: a CRF layer (learned tag transitions, sequence-level loss) on the token head
     data_seed: int = 0  # the 80/10/10 split
     max_train_examples: int | None = None  # use only the first N training examples (quick runs)
@@ -105,6 +107,8 @@ class FinetuneConfig:
             raise FromzeroError(f"max_len must be at least 4 tokens, got {self.max_len}")
         if not 0.0 <= self.dropout < 1.0:
             raise FromzeroError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
+            raise FromzeroError(f"backbone_dropout must be in [0, 1) or null, got {self.backbone_dropout}")
         for key in ("max_train_examples", "max_val_examples", "max_test_examples"):
             v = getattr(self, key)
             if v is not None and v < 1:
@@ -142,6 +146,20 @@ def load_backbone(path: str | Path) -> nn.Module:
     from fromzero.model.io import load_model
 
     return load_model(path)
+
+
+def with_dropout(backbone: nn.Module, p: float) -> nn.Module:
+    """The same backbone (same weights) rebuilt with dropout p in every layer. Backbones pretrained
+    without dropout (the short-budget recipes) overfit a small task within a few epochs; BERT
+    fine-tunes with 0.1."""
+    config = getattr(backbone, "config", None)
+    if config is None or not hasattr(config, "dropout"):
+        raise FromzeroError(f"backbone_dropout: {type(backbone).__name__} has no config.dropout; remove the key")
+    if config.dropout == p:
+        return backbone
+    rebuilt = type(backbone)(dataclasses.replace(config, dropout=p))
+    rebuilt.load_state_dict(backbone.state_dict())
+    return rebuilt
 
 
 def save_backbone(model: nn.Module, directory: Path) -> None:
@@ -273,6 +291,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     else:
         backbone, tok = load_backbone(cfg.model), Tokenizer.load(cfg.model)
         base_path = Path(cfg.model).resolve()
+        if cfg.backbone_dropout is not None:
+            backbone = with_dropout(backbone, cfg.backbone_dropout)
     _check_vocab(backbone, tok, cfg.model)
     unit = _unit(data["train"]) if kind_name == "tagging" else "char"
     kind = make_kind(kind_name, tok, backbone, cfg.max_len, labels, cfg, unit)
