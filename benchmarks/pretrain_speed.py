@@ -3,6 +3,7 @@ transformers' BertForMaskedLM and T5ForConditionalGeneration, same weights, same
 
     python benchmarks/pretrain_speed.py                    # bert-mlm + t5-span; fp32, bf16
     python benchmarks/pretrain_speed.py --arch bert-mlm --modes fp32 --reps 8
+    python benchmarks/pretrain_speed.py --arch t5-span --modes bf16 --profile   # + where the time goes
 
 bert-mlm: post-LN BERT, 6 layers, d_model 384, 6 heads, d_ff 1536, vocab 8192, batch 32 x 128
 (MLMMasker: 15% of the tokens, 80/10/10 [MASK]/random/kept). t5-span: T5 v1.1 (gated-GELU, tied
@@ -119,6 +120,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=6)
+    p.add_argument("--profile", action="store_true", help="then profile 3 steps of each model (torch profiler)")
     args = p.parse_args()
     setups = {arch: setup(arch) for arch in args.arch}
     for arch, s in setups.items():
@@ -133,6 +135,20 @@ def main() -> None:
             tps = {k: tokens / v for k, v in med.items()}
             print(f"{arch:<9} {mode:<5} {tps['hf']:>9,.0f} {tps['fz']:>9,.0f} {tps['fz'] / tps['hf']:>5.2f}x",
                   flush=True)
+            if args.profile:
+                for name, step in steps.items():
+                    print(f"\n{arch} {mode} {'transformers' if name == 'hf' else 'fromzero'}, 3 steps:")
+                    print(profile_table(step))
+
+
+def profile_table(step: Callable[[], None], steps: int = 3, rows: int = 15) -> str:
+    """The ops that take the most CPU time over `steps` training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ def allowed_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return start_ok, step_ok
 
 
+def bio_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """allowed_transitions(labels) for a plain BIO tag set (O plus B-X / I-X only), else None: other
+    schemes (BIOES, BMES, POS tags) have no such constraints here."""
+    plain = "O" in labels and all(t == "O" or (t[:2] in ("B-", "I-") and len(t) > 2) for t in labels)
+    return allowed_transitions(labels) if plain else None
+
+
 def bio_viterbi(log_probs: np.ndarray, start_ok: np.ndarray, step_ok: np.ndarray) -> list[int]:
     """The best valid tag sequence for per-position log-probabilities [N, L]."""
     n_tags = log_probs.shape[1]

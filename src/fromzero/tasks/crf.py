@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fromzero.tasks.bio_decode import allowed_transitions, viterbi
+from fromzero.tasks.bio_decode import bio_transitions, viterbi
 
 FORBIDDEN = -1e4  # added to transitions BIO rules out (finite, so the forward algorithm stays NaN-free)
 
@@ -34,9 +34,8 @@ class CRF(nn.Module):
         self.start = nn.Parameter(torch.zeros(n))
         self.trans = nn.Parameter(torch.zeros(n, n))  # [previous tag, next tag]
         self.end = nn.Parameter(torch.zeros(n))
-        bio = any(t.startswith(("B-", "I-")) for t in labels) and all(t == "O" or t[:2] in ("B-", "I-")
-                                                                       for t in labels)
-        step_ok = allowed_transitions(labels)[1] if bio else np.ones((n, n), bool)
+        allowed = bio_transitions(labels)
+        step_ok = allowed[1] if allowed is not None else np.ones((n, n), bool)
         self.register_buffer("trans_mask", torch.where(torch.from_numpy(step_ok), 0.0, FORBIDDEN), persistent=False)
 
     def scores(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -62,10 +61,13 @@ class CRF(nn.Module):
         return (log_z - gold)[has].sum() / n.sum().clamp(min=1)
 
     @torch.no_grad()
+    def viterbi_scores(self) -> tuple[np.ndarray, ...]:
+        """(start, trans, end) as numpy arrays for bio_decode.viterbi; take them once per evaluation."""
+        return tuple(t.float().cpu().numpy() for t in self.scores())
+
     def decode(self, emissions: Tensor) -> list[int]:
         """The best tag sequence for one row's labelled positions, emissions [N, L]."""
-        start, trans, end = (t.detach().float().cpu().numpy() for t in self.scores())
-        return viterbi(emissions.detach().float().cpu().numpy(), start, trans, end)
+        return viterbi(emissions.detach().float().cpu().numpy(), *self.viterbi_scores())
 
 
 def _compact(emissions: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:

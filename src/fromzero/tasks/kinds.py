@@ -28,7 +28,7 @@ from torch import nn
 from fromzero.errors import FromzeroError
 from fromzero.evaluation.metrics import classification_report, entity_report, perplexity, tag_accuracy
 from fromzero.objectives.clm import causal_lm
-from fromzero.tasks.bio_decode import allowed_transitions, bio_viterbi
+from fromzero.tasks.bio_decode import bio_transitions, bio_viterbi, viterbi
 from fromzero.tasks.collate import (Framing, Row, encode_classification, encode_tagging, mean_lm_loss,
                                     predict_logits, tags_from_predictions)
 from fromzero.tasks.crf import CRF
@@ -137,8 +137,7 @@ class Tagging(TaskKind):
         super().__init__(tokenizer, max_len, eval_batch_size)
         self.labels, self.framing, self.unit, self.dropout, self.crf = list(labels), framing, unit, dropout, crf
         self.metric = "entity_f1" if is_bio(self.labels) else "word_f1" if is_bmes(self.labels) else "tag_accuracy"
-        plain_bio = self.metric == "entity_f1" and all(t == "O" or t[:2] in ("B-", "I-") for t in self.labels)
-        self._transitions = allowed_transitions(self.labels) if plain_bio else None
+        self._transitions = bio_transitions(self.labels)
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         model = TokenClassifier(backbone, len(self.labels), self.dropout)
@@ -162,21 +161,24 @@ class Tagging(TaskKind):
     def _tags(self, model: nn.Module, units: Sequence[Sequence[str]], encoded: tuple) -> list[list[str]]:
         rows, positions, owners = encoded
         logits = predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)
-        crf = unwrap_model(model).crf if self.crf else None
-        return tags_from_predictions([self._decode(lg, pos, crf) for lg, pos in zip(logits, positions)], positions,
-                                     owners, [len(u) for u in units], self.labels)
+        crf_scores = unwrap_model(model).crf.viterbi_scores() if self.crf else None
+        return tags_from_predictions([self._decode(lg, pos, crf_scores) for lg, pos in zip(logits, positions)],
+                                     positions, owners, [len(u) for u in units], self.labels)
 
-    def _decode(self, logits: torch.Tensor, positions: Sequence[int | None], crf: CRF | None = None) -> list[int]:
-        """Per-position tag ids of one row: the CRF's best sequence over the positions that stand for a
-        unit, else the best well-formed BIO sequence (tasks/bio_decode.py), else the per-position argmax."""
+    def _decode(self, logits: torch.Tensor, positions: Sequence[int | None],
+                crf_scores: tuple | None = None) -> list[int]:
+        """Per-position tag ids of one row: the CRF's best sequence (crf_scores = its start/trans/end)
+        over the positions that stand for a unit, else the best well-formed BIO sequence
+        (tasks/bio_decode.py), else the per-position argmax."""
         ids = logits.argmax(-1).tolist()
-        if crf is None and self._transitions is None:
+        if crf_scores is None and self._transitions is None:
             return ids
         at = [i for i, u in enumerate(positions) if u is not None]
-        if crf is not None:
-            best = crf.decode(logits[at])
+        emissions = logits[at].float()
+        if crf_scores is not None:
+            best = viterbi(emissions.numpy(), *crf_scores)
         else:
-            best = bio_viterbi(torch.log_softmax(logits[at].float(), dim=-1).numpy(), *self._transitions)
+            best = bio_viterbi(torch.log_softmax(emissions, dim=-1).numpy(), *self._transitions)
         for i, tag in zip(at, best):
             ids[i] = tag
         return ids
