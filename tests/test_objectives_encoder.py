@@ -24,7 +24,7 @@ from fromzero.objectives.contrastive import (
 )
 from fromzero.objectives.mixture import Mixture, MixtureBatches
 from fromzero.objectives.mlm import MaskedLM, MLMConfig, MLMMasker
-from fromzero.objectives.rtd import ElectraModel, RTDConfig, corrupt, evaluate_rtd, replaced_token_detection, roc_auc
+from fromzero.objectives.rtd import ElectraModel, corrupt, evaluate_rtd, replaced_token_detection, roc_auc
 from fromzero.tokenizer import TokenizerConfig, train_tokenizer
 
 
@@ -201,20 +201,6 @@ def test_electra_shares_embeddings_and_learns(tok, corpus):
         assert 0.05 < out["replaced_frac"] < 0.2
     assert {"gen_loss", "gen_acc", "rtd_loss", "rtd_acc"} <= set(out)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
-
-
-def test_tied_electra_is_one_encoder_with_two_heads(tok, corpus):
-    """rtd.tied: the discriminator is also the generator - no second encoder, both losses reach it."""
-    torch.manual_seed(0)
-    cfg = EncoderConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=64, max_seq_len=64, dropout=0.0)
-    tied, separate = ElectraModel(cfg, RTDConfig(tied=True)), ElectraModel(cfg, RTDConfig())
-    assert not hasattr(tied, "generator") and tied.discriminator.head is not None
-    assert tied.num_params() < separate.num_params()
-    batch = SentenceBatches(corpus, tok, 8, 64, "packed", MLMMasker.for_tokenizer(tok), seed=0).batch(0)
-    out = replaced_token_detection(tied, batch)
-    out["loss"].backward()
-    assert tied.discriminator.head.transform.weight.grad.abs().sum() > 0  # the MLM loss
-    assert tied.rtd_head[0].weight.grad.abs().sum() > 0  # the RTD loss
 
 
 def test_discriminator_learns_to_spot_random_replacements(tok, corpus, monkeypatch):

@@ -11,12 +11,6 @@ MLM alongside; it shares the discriminator's embedding tables and reads them thr
 projection. Loss = generator MLM loss + 50 * discriminator binary cross-entropy (the paper's weight).
 After pretraining the discriminator is the model to keep.
 
-`tied: true` is the paper's "tie all weights" variant (its section 3.2): one full-width encoder is
-both the generator (MLM head, on the masked input) and the discriminator (RTD head, on the
-corrupted input). A step costs two full-width passes instead of one and a quarter, but everything
-the MLM learns about context is the discriminator's from the start - with separate networks, in
-CPU budgets of minutes, the discriminator never gets going (README).
-
 Batches are MLM batches (`SentenceBatches` + `MLMMasker`): input_ids (masked), labels.
 """
 
@@ -39,7 +33,6 @@ class RTDConfig:
     generator_scale: float = 0.25  # generator width (d_model, heads, d_ff) relative to the discriminator's
     disc_weight: float = 50.0  # weight of the discriminator loss
     temperature: float = 1.0  # sampling temperature of the generator
-    tied: bool = False  # one encoder is generator and discriminator (generator_scale is then unused)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.generator_scale <= 1.0:
@@ -76,14 +69,13 @@ class ElectraModel(nn.Module):
     def __init__(self, config: EncoderConfig, rtd: RTDConfig | None = None):
         super().__init__()
         self.rtd = rtd or RTDConfig()
-        disc = dataclasses.replace(config, mlm_head=self.rtd.tied, pair_head=False)
+        disc = dataclasses.replace(config, mlm_head=False, pair_head=False)
         self.config = ElectraConfig(disc, self.rtd)
         self.discriminator = EncoderModel(disc)
-        if not self.rtd.tied:
-            self.generator = EncoderModel(generator_config(disc, self.rtd.generator_scale))
-            for name in ("tok", "pos", "seg"):  # ELECTRA's embedding sharing
-                setattr(self.generator.emb, name, getattr(self.discriminator.emb, name))
-            self.generator.tie_weights()
+        self.generator = EncoderModel(generator_config(disc, self.rtd.generator_scale))
+        for name in ("tok", "pos", "seg"):  # ELECTRA's embedding sharing
+            setattr(self.generator.emb, name, getattr(self.discriminator.emb, name))
+        self.generator.tie_weights()
         d = disc.d_model
         self.rtd_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         for m in self.rtd_head:
@@ -96,8 +88,7 @@ class ElectraModel(nn.Module):
         """per_token=True adds rtd_logits/replaced/real, flat [B*T] (for evaluation, not for the trainer's log)."""
         if labels is None:
             raise FromzeroError("ElectraModel needs MLM labels (which positions were masked); use MLMMasker batches")
-        generator = self.discriminator if self.rtd.tied else self.generator
-        gen = generator(input_ids, attention_mask, token_type_ids, labels=labels)
+        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels)
         with torch.no_grad():
             sampled = sample_tokens(gen.logits.detach(), self.rtd.temperature)
         corrupted, replaced = corrupt(input_ids, labels, sampled)
