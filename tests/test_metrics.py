@@ -200,10 +200,12 @@ def test_bio_viterbi_is_the_best_valid_sequence():
     # brute force over all tag sequences: the decoder must return the highest-scoring well-formed one
     import itertools
 
-    from fromzero.tasks.bio_decode import allowed_transitions, bio_viterbi
+    from fromzero.tasks.bio_decode import allowed_transitions, bio_scores, viterbi
 
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     start_ok, step_ok = allowed_transitions(labels)
+    rules = bio_scores(labels)
+    assert bio_scores(["B-PER", "I-PER"]) is None and bio_scores(["B", "M", "E", "S"]) is None  # not plain BIO
     assert not start_ok[2] and step_ok[1, 2] and step_ok[2, 2] and not step_ok[0, 2] and not step_ok[1, 4]
 
     def valid(seq):
@@ -215,11 +217,11 @@ def test_bio_viterbi_is_the_best_valid_sequence():
             lp = np.log(rng.dirichlet(np.ones(len(labels)), size=n))
             best = max((s for s in itertools.product(range(len(labels)), repeat=n) if valid(s)),
                        key=lambda s: sum(lp[i, t] for i, t in enumerate(s)))
-            assert bio_viterbi(lp, start_ok, step_ok) == list(best)
+            assert viterbi(lp, *rules) == list(best)
     # the per-position argmax "O I-PER" becomes a whole entity or nothing
     lp = np.log(np.array([[0.6, 0.3, 0.02, 0.04, 0.04], [0.1, 0.05, 0.8, 0.03, 0.02]]))
-    assert [labels[t] for t in bio_viterbi(lp, start_ok, step_ok)] == ["B-PER", "I-PER"]
-    assert bio_viterbi(np.zeros((0, 5)), start_ok, step_ok) == []
+    assert [labels[t] for t in viterbi(lp, *rules)] == ["B-PER", "I-PER"]
+    assert viterbi(np.zeros((0, 5)), *rules) == []
 
 
 def test_crf_likelihood_and_decoding_match_brute_force():
@@ -229,6 +231,7 @@ def test_crf_likelihood_and_decoding_match_brute_force():
 
     import torch
 
+    from fromzero.tasks.bio_decode import viterbi
     from fromzero.tasks.crf import CRF
 
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -253,8 +256,8 @@ def test_crf_likelihood_and_decoding_match_brute_force():
         scores = torch.stack([score(e, s) for s in seqs])
         total += float(torch.logsumexp(scores, 0) - score(e, gold))
         n_total += len(gold)
-        assert crf.decode(e) == list(seqs[int(scores.argmax())])
-        best = crf.decode(e)
+        best = viterbi(e.numpy(), *crf.viterbi_scores())  # how Tagging decodes with a CRF
+        assert best == list(seqs[int(scores.argmax())])
         assert all(labels[t] != "I-PER" or labels[p] in ("B-PER", "I-PER") for p, t in zip(best, best[1:]))
     assert abs(float(crf.nll(em.float(), tags)) - total / n_total) < 1e-4
     crf.nll(em.float(), tags).backward()

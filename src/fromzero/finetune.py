@@ -251,10 +251,9 @@ def make_kind(kind: str, tok: Any, backbone: nn.Module, max_len: int, labels: Se
 
 def _peft_config(cfg: PeftConfig, kind: TaskKind) -> PeftConfig:
     """The task head always trains: add it to modules_to_save for every method that freezes the base."""
-    if not kind.has_head or cfg.method == "none":
+    if not kind.head_modules or cfg.method == "none":
         return cfg
-    heads = ["classifier", "crf"] if getattr(kind, "crf", False) else ["classifier"]
-    missing = [h for h in heads if not any(m in (h, f"^{h}$") for m in cfg.modules_to_save)]
+    missing = [h for h in kind.head_modules if not any(m in (h, f"^{h}$") for m in cfg.modules_to_save)]
     return build(PeftConfig, {**to_dict(cfg), "modules_to_save": [*cfg.modules_to_save, *missing]}) if missing else cfg
 
 
@@ -511,7 +510,7 @@ def load_finetuned(model_dir: str | Path, base_model: str | Path | None = None) 
     if meta["adapter"]:
         model = load_adapter(model, d)
     else:
-        if kind.has_head:
+        if kind.head_modules:
             state = load_file(str(d / HEAD_FILE))
             try:
                 _load_head_state(model, state)
@@ -530,7 +529,7 @@ def evaluate_saved(model_dir: str | Path, task: str | None = None, split: str = 
     if task_kind(task, data_seed) != meta["kind"]:
         raise FromzeroError(f"{model_dir} is a {meta['kind']} model but task {task} is {task_kind(task, data_seed)}; "
                             "evaluate it on a task of the same kind")
-    if kind.has_head:
+    if kind.head_modules:
         names = label_names(task, data_seed)
         if list(names) != list(meta["labels"]):
             raise FromzeroError(f"task {task} has labels {names[:20]} but {model_dir} was trained on "

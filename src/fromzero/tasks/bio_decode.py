@@ -28,17 +28,16 @@ def allowed_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return start_ok, step_ok
 
 
-def bio_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """allowed_transitions(labels) for a plain BIO tag set (O plus B-X / I-X only), else None: other
-    schemes (BIOES, BMES, POS tags) have no such constraints here."""
+def bio_scores(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The BIO rules as viterbi()'s (start [L], trans [L, L], end [L]) scores - 0 where allowed, -inf
+    where not - for a plain BIO tag set (O plus B-X / I-X only), else None: other schemes (BIOES,
+    BMES, POS tags) have no such constraints here. viterbi(log_probs, *bio_scores(labels)) is the
+    best valid sequence."""
     plain = "O" in labels and all(t == "O" or (t[:2] in ("B-", "I-") and len(t) > 2) for t in labels)
-    return allowed_transitions(labels) if plain else None
-
-
-def bio_viterbi(log_probs: np.ndarray, start_ok: np.ndarray, step_ok: np.ndarray) -> list[int]:
-    """The best valid tag sequence for per-position log-probabilities [N, L]."""
-    n_tags = log_probs.shape[1]
-    return viterbi(log_probs, np.where(start_ok, 0.0, -np.inf), np.where(step_ok, 0.0, -np.inf), np.zeros(n_tags))
+    if not plain:
+        return None
+    start_ok, step_ok = allowed_transitions(labels)
+    return np.where(start_ok, 0.0, -np.inf), np.where(step_ok, 0.0, -np.inf), np.zeros(len(labels))
 
 
 def viterbi(emissions: np.ndarray, start: np.ndarray, trans: np.ndarray, end: np.ndarray) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fromzero.tasks.bio_decode import bio_transitions, viterbi
+from fromzero.tasks.bio_decode import bio_scores
 
 FORBIDDEN = -1e4  # added to transitions BIO rules out (finite, so the forward algorithm stays NaN-free)
 
@@ -34,9 +34,9 @@ class CRF(nn.Module):
         self.start = nn.Parameter(torch.zeros(n))
         self.trans = nn.Parameter(torch.zeros(n, n))  # [previous tag, next tag]
         self.end = nn.Parameter(torch.zeros(n))
-        allowed = bio_transitions(labels)
-        step_ok = allowed[1] if allowed is not None else np.ones((n, n), bool)
-        self.register_buffer("trans_mask", torch.where(torch.from_numpy(step_ok), 0.0, FORBIDDEN), persistent=False)
+        rules = bio_scores(labels)
+        mask = torch.from_numpy(rules[1]).float().clamp(min=FORBIDDEN) if rules is not None else torch.zeros(n, n)
+        self.register_buffer("trans_mask", mask, persistent=False)
 
     def scores(self) -> tuple[Tensor, Tensor, Tensor]:
         """(start [L], trans [L, L], end [L]) with the forbidden transitions applied."""
@@ -64,10 +64,6 @@ class CRF(nn.Module):
     def viterbi_scores(self) -> tuple[np.ndarray, ...]:
         """(start, trans, end) as numpy arrays for bio_decode.viterbi; take them once per evaluation."""
         return tuple(t.float().cpu().numpy() for t in self.scores())
-
-    def decode(self, emissions: Tensor) -> list[int]:
-        """The best tag sequence for one row's labelled positions, emissions [N, L]."""
-        return viterbi(emissions.detach().float().cpu().numpy(), *self.viterbi_scores())
 
 
 def _compact(emissions: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:

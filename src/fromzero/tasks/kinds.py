@@ -28,7 +28,7 @@ from torch import nn
 from fromzero.errors import FromzeroError
 from fromzero.evaluation.metrics import classification_report, entity_report, perplexity, tag_accuracy
 from fromzero.objectives.clm import causal_lm
-from fromzero.tasks.bio_decode import bio_transitions, bio_viterbi, viterbi
+from fromzero.tasks.bio_decode import bio_scores, viterbi
 from fromzero.tasks.collate import (Framing, Row, encode_classification, encode_tagging, mean_lm_loss,
                                     predict_logits, tags_from_predictions)
 from fromzero.tasks.crf import CRF
@@ -42,7 +42,7 @@ class TaskKind:
 
     name = ""
     metric = ""
-    has_head = False
+    head_modules: tuple[str, ...] = ()  # submodules a task head adds on the backbone (always trained, saved apart)
 
     def __init__(self, tokenizer: Any, max_len: int, eval_batch_size: int = 64):
         self.tok, self.max_len, self.eval_batch_size = tokenizer, max_len, eval_batch_size
@@ -74,7 +74,7 @@ class TaskKind:
 
 
 class Classification(TaskKind):
-    name, metric, has_head = "classification", "accuracy", True
+    name, metric, head_modules = "classification", "accuracy", ("classifier",)
 
     def __init__(self, tokenizer: Any, max_len: int, labels: Sequence[str], framing: Framing,
                  pooling: str = "auto", dropout: float = 0.1, eval_batch_size: int = 64):
@@ -130,14 +130,15 @@ def bmes_as_entities(tags: Sequence[str]) -> list[str]:
 
 
 class Tagging(TaskKind):
-    name, has_head = "tagging", True
+    name = "tagging"
 
     def __init__(self, tokenizer: Any, max_len: int, labels: Sequence[str], framing: Framing,
                  unit: str = "char", dropout: float = 0.1, eval_batch_size: int = 64, crf: bool = False):
         super().__init__(tokenizer, max_len, eval_batch_size)
         self.labels, self.framing, self.unit, self.dropout, self.crf = list(labels), framing, unit, dropout, crf
         self.metric = "entity_f1" if is_bio(self.labels) else "word_f1" if is_bmes(self.labels) else "tag_accuracy"
-        self._transitions = bio_transitions(self.labels)
+        self.head_modules = ("classifier", "crf") if crf else ("classifier",)
+        self._bio_scores = bio_scores(self.labels)
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         model = TokenClassifier(backbone, len(self.labels), self.dropout)
@@ -171,15 +172,13 @@ class Tagging(TaskKind):
         over the positions that stand for a unit, else the best well-formed BIO sequence
         (tasks/bio_decode.py), else the per-position argmax."""
         ids = logits.argmax(-1).tolist()
-        if crf_scores is None and self._transitions is None:
+        if crf_scores is None and self._bio_scores is None:
             return ids
         at = [i for i, u in enumerate(positions) if u is not None]
         emissions = logits[at].float()
-        if crf_scores is not None:
-            best = viterbi(emissions.numpy(), *crf_scores)
-        else:
-            best = bio_viterbi(torch.log_softmax(emissions, dim=-1).numpy(), *self._transitions)
-        for i, tag in zip(at, best):
+        if crf_scores is None:  # the softmax head's scores are log-probabilities, the CRF's are raw
+            emissions = torch.log_softmax(emissions, dim=-1)
+        for i, tag in zip(at, viterbi(emissions.numpy(), *(crf_scores or self._bio_scores))):
             ids[i] = tag
         return ids
 
