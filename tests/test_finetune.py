@@ -348,6 +348,22 @@ def test_label_set_mismatch_and_unknown_labels(tmp_path):
         "\n".join(json.dumps(r, ensure_ascii=False) for r in rows[:10]), encoding="utf-8")
     summary = run_finetune(cfg_for(str(tmp_path / "data"), tmp_path / "run", steps=5))
     assert read_meta(summary["saved_model"])["labels"] == ["bad", "good"]
+    # two seeds scored as an ensemble: the argmax of their mean class probabilities
+    other = run_finetune(cfg_for(str(tmp_path / "data"), tmp_path / "run-seed1", steps=5, train__seed=1))
+    pair = [summary["saved_model"], other["saved_model"]]
+    test = load_task_data(str(tmp_path / "data"), "test")
+    probs = []
+    for d in pair:
+        model, kind, _ = load_finetuned(d)
+        probs.append(kind.probabilities(model, kind.rows(test, "test")))
+    assert not torch.allclose(probs[0], probs[1])  # two different models
+    want = ((probs[0] + probs[1]) / 2).argmax(-1)
+    ensemble = evaluate_saved(pair)
+    assert ensemble["accuracy"] == pytest.approx((want == torch.tensor([e.label for e in test])).float().mean().item())
+    assert ensemble["ensemble"] == [str(d) for d in pair] and ensemble["n"] == len(test) == 10
+    assert evaluate_saved([summary["saved_model"]] * 2)["accuracy"] == evaluate_saved(summary["saved_model"])["accuracy"]
+    with pytest.raises(FromzeroError, match=r"has labels \['negative', 'positive'\] but .*run.model was trained"):
+        evaluate_saved([summary["saved_model"], other["saved_model"]], "reviews_zh")
     with pytest.raises(FromzeroError, match=r"has labels \['negative', 'positive'\] but .* was trained on \['bad', "
                                             r"'good'\]"):
         evaluate_saved(summary["saved_model"], "reviews_zh")

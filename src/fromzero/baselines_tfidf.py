@@ -32,7 +32,8 @@ def _texts_labels(examples: Iterable) -> tuple[list[str], list[int]]:
 def tfidf_logreg(train: Sequence, test: Sequence, analyzer: Literal["char", "word", "char_wb"] = "char",
                  ngram_range: tuple[int, int] = (1, 3), C: float = 3.0, max_features: int | None = None,
                  label_names: Sequence[str] | None = None, val: Sequence | None = None, seed: int = 0) -> dict:
-    """Fit on `train`, score on `test` (and `val` if given): `classification_report` keys plus timing.
+    """Fit on `train`, score on `test` (and `val` if given): `classification_report` keys, the test
+    predictions (class ids, for paired comparisons) and timing.
 
     `analyzer="char"` suits Chinese (no word boundaries); `"word"` with (1, 2)-grams suits English.
     Sub-linear TF and C=3 were the best of {3, 10} on both built-in validation splits; the saga
@@ -62,7 +63,7 @@ def tfidf_logreg(train: Sequence, test: Sequence, analyzer: Literal["char", "wor
     pred = model.predict(vectorizer.transform(test_x)).tolist()
     if label_names is None:
         label_names = [str(i) for i in range(max(train_y + test_y + pred) + 1)]
-    report = classification_report(test_y, pred, label_names)
+    report = {**classification_report(test_y, pred, label_names), "predictions": pred}
     if val is not None:
         val_x, val_y = _texts_labels(val)
         val_report = classification_report(val_y, model.predict(vectorizer.transform(val_x)).tolist(), label_names)

@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=_cmd_finetune)
 
     ev = sub.add_parser("eval", help="metrics of a fine-tuned model on a task split")
-    ev.add_argument("--model", required=True, help="a fine-tuned model folder")
+    ev.add_argument("--model", required=True, nargs="+",
+                    help="a fine-tuned model folder; several classifiers are scored as an ensemble (mean probabilities)")
     ev.add_argument("--task", help="task name or file (default: the one it was trained on)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--base-model", help="base model folder, when --model holds an adapter only")

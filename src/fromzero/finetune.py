@@ -41,6 +41,7 @@ from torch import nn
 
 from fromzero.config import build, to_dict
 from fromzero.errors import FromzeroError
+from fromzero.evaluation.metrics import classification_report
 from fromzero.model.config import PRESETS, ModelConfig
 from fromzero.model.encoder import EncoderConfig
 from fromzero.peft import (PeftConfig, apply_peft, layerwise_param_groups, load_adapter, save_adapter,
@@ -521,21 +522,50 @@ def load_finetuned(model_dir: str | Path, base_model: str | Path | None = None) 
     return model, kind, meta
 
 
-def evaluate_saved(model_dir: str | Path, task: str | None = None, split: str = "test",
+def evaluate_saved(model_dir: str | Path | Sequence[str | Path], task: str | None = None, split: str = "test",
                    base_model: str | Path | None = None, data_seed: int = 0) -> dict[str, Any]:
-    """Metrics of a saved fine-tuned model on a split of its task (or of another task with the same labels)."""
-    model, kind, meta = load_finetuned(model_dir, base_model)
-    task = task or meta["task"]
+    """Metrics of a saved fine-tuned model on a split of its task (or of another task with the same labels).
+
+    Several classifier folders (e.g. one recipe fine-tuned with different seeds) are scored as an
+    ensemble: their class probabilities are averaged, each model reading the text with its own tokenizer.
+    """
+    dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    if not dirs:
+        raise FromzeroError("evaluate_saved needs at least one model folder")
+    loaded = [load_finetuned(d, base_model) for d in dirs]
+    metas = [meta for _, _, meta in loaded]
+    task = task or metas[0]["task"]
+    for d, meta in zip(dirs, metas):
+        _check_task_fits(d, meta, task, data_seed)
+    examples = load_task_data(task, split, data_seed)
+    if len(loaded) == 1:
+        model, kind, _ = loaded[0]
+        return kind.evaluate(model, examples, split)[0]
+    probs = class_probabilities(loaded, examples, dirs, split)
+    report = classification_report([e.label for e in examples], probs.argmax(-1).tolist(), metas[0]["labels"])
+    return {**report, "ensemble": [str(d) for d in dirs]}
+
+
+def class_probabilities(loaded: Sequence[tuple[nn.Module, TaskKind, dict]], examples: Sequence[Any],
+                        names: Sequence[str | Path] | None = None, where: str = "test") -> torch.Tensor:
+    """[examples, classes]: the mean of the classifiers' softmax outputs (`loaded` from load_finetuned)."""
+    names = names or [str(i) for i in range(len(loaded))]
+    if any(meta["kind"] != "classification" for _, _, meta in loaded):
+        kinds = ", ".join(f"{d} ({meta['kind']})" for d, (_, _, meta) in zip(names, loaded))
+        raise FromzeroError(f"an ensemble averages class probabilities, so every model must be a classifier; got {kinds}")
+    return torch.stack([kind.probabilities(model, kind.rows(examples, where)) for model, kind, _ in loaded]).mean(0)
+
+
+def _check_task_fits(model_dir: str | Path, meta: dict, task: str, data_seed: int) -> None:
+    """A saved model can be scored on `task` if the kinds match and, with a head, the label lists do."""
     if task_kind(task, data_seed) != meta["kind"]:
         raise FromzeroError(f"{model_dir} is a {meta['kind']} model but task {task} is {task_kind(task, data_seed)}; "
                             "evaluate it on a task of the same kind")
-    if kind.head_modules:
+    if meta["kind"] in ("classification", "tagging"):
         names = label_names(task, data_seed)
         if list(names) != list(meta["labels"]):
             raise FromzeroError(f"task {task} has labels {names[:20]} but {model_dir} was trained on "
                                 f"{meta['labels'][:20]}; the label sets (and their order) must match")
-    metrics, _ = kind.evaluate(model, load_task_data(task, split, data_seed), split)
-    return metrics
 
 
 def predict(model_dir: str | Path, inputs: Sequence[Any], base_model: str | Path | None = None) -> list:
@@ -550,5 +580,5 @@ def predict(model_dir: str | Path, inputs: Sequence[Any], base_model: str | Path
     return kind.predict(model, list(inputs))
 
 
-__all__ = ["FinetuneConfig", "ScratchConfig", "evaluate_saved", "load_backbone", "load_finetuned", "make_kind",
-           "peak_rss_mb", "predict", "read_meta", "run_finetune", "save_backbone"]
+__all__ = ["FinetuneConfig", "ScratchConfig", "class_probabilities", "evaluate_saved", "load_backbone",
+           "load_finetuned", "make_kind", "peak_rss_mb", "predict", "read_meta", "run_finetune", "save_backbone"]

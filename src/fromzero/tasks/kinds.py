@@ -93,8 +93,12 @@ class Classification(TaskKind):
         loss = F.cross_entropy(logits, batch["labels"])
         return {"loss": loss, "acc": (logits.argmax(-1) == batch["labels"]).float().mean()}
 
+    def probabilities(self, model: nn.Module, rows: list[Row]) -> torch.Tensor:
+        """[rows, classes] softmax of the classifier's logits, in the rows' order."""
+        return torch.stack(predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)).softmax(-1)
+
     def _predict_ids(self, model: nn.Module, rows: list[Row]) -> list[int]:
-        return [int(x.argmax()) for x in predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)]
+        return self.probabilities(model, rows).argmax(-1).tolist()
 
     def validate(self, model: nn.Module) -> float:
         pred = self._predict_ids(model, self.val_rows)
