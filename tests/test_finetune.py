@@ -362,6 +362,8 @@ def test_label_set_mismatch_and_unknown_labels(tmp_path):
     assert ensemble["accuracy"] == pytest.approx((want == torch.tensor([e.label for e in test])).float().mean().item())
     assert ensemble["ensemble"] == [str(d) for d in pair] and ensemble["n"] == len(test) == 10
     assert evaluate_saved([summary["saved_model"]] * 2)["accuracy"] == evaluate_saved(summary["saved_model"])["accuracy"]
+    with pytest.raises(FromzeroError, match="no model folder given"):
+        evaluate_saved([])
     with pytest.raises(FromzeroError, match=r"has labels \['negative', 'positive'\] but .*run.model was trained"):
         evaluate_saved([summary["saved_model"], other["saved_model"]], "reviews_zh")
     with pytest.raises(FromzeroError, match=r"has labels \['negative', 'positive'\] but .* was trained on \['bad', "

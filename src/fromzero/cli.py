@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a fine-tuned model folder; several classifiers are scored as an ensemble (mean probabilities)")
     ev.add_argument("--task", help="task name or file (default: the one it was trained on)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ev.add_argument("--base-model", help="base model folder, when --model holds an adapter only")
+    ev.add_argument("--base-model", help="base model folder, when --model holds adapters only (for every folder)")
     ev.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="predict labels/tags/outputs for a file or stdin lines (JSON lines out)")

@@ -530,34 +530,42 @@ def evaluate_saved(model_dir: str | Path | Sequence[str | Path], task: str | Non
     ensemble: their class probabilities are averaged, each model reading the text with its own tokenizer.
     """
     dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
-    if not dirs:
-        raise FromzeroError("evaluate_saved needs at least one model folder")
-    loaded = [load_finetuned(d, base_model) for d in dirs]
-    metas = [meta for _, _, meta in loaded]
-    task = task or metas[0]["task"]
-    for d, meta in zip(dirs, metas):
-        _check_task_fits(d, meta, task, data_seed)
+    loaded = [load_finetuned(dirs[0], base_model)] if len(dirs) == 1 else load_classifiers(dirs, base_model)
+    task = task or loaded[0][2]["task"]
+    for d, (_, _, meta) in zip(dirs, loaded):
+        check_task_fits(d, meta, task, data_seed)
     examples = load_task_data(task, split, data_seed)
     if len(loaded) == 1:
         model, kind, _ = loaded[0]
         return kind.evaluate(model, examples, split)[0]
-    probs = class_probabilities(loaded, examples, dirs, split)
-    report = classification_report([e.label for e in examples], probs.argmax(-1).tolist(), metas[0]["labels"])
-    return {**report, "ensemble": [str(d) for d in dirs]}
+    pred = class_probabilities(loaded, examples, split).argmax(-1).tolist()
+    return {**classification_report([e.label for e in examples], pred, loaded[0][2]["labels"]),
+            "ensemble": [str(d) for d in dirs]}
 
 
-def class_probabilities(loaded: Sequence[tuple[nn.Module, TaskKind, dict]], examples: Sequence[Any],
-                        names: Sequence[str | Path] | None = None, where: str = "test") -> torch.Tensor:
-    """[examples, classes]: the mean of the classifiers' softmax outputs (`loaded` from load_finetuned)."""
-    names = names or [str(i) for i in range(len(loaded))]
-    if any(meta["kind"] != "classification" for _, _, meta in loaded):
-        kinds = ", ".join(f"{d} ({meta['kind']})" for d, (_, _, meta) in zip(names, loaded))
+def load_classifiers(dirs: Sequence[str | Path], base_model: str | Path | None = None) -> list[tuple]:
+    """Saved classifiers to be scored together (load_finetuned each): all classifiers, one label list."""
+    if not dirs:
+        raise FromzeroError("no model folder given; pass one fine-tuned model, or several classifiers to ensemble")
+    loaded = [load_finetuned(d, base_model) for d in dirs]
+    metas = [meta for _, _, meta in loaded]
+    if any(meta["kind"] != "classification" for meta in metas):
+        kinds = ", ".join(f"{d} ({meta['kind']})" for d, meta in zip(dirs, metas))
         raise FromzeroError(f"an ensemble averages class probabilities, so every model must be a classifier; got {kinds}")
-    return torch.stack([kind.probabilities(model, kind.rows(examples, where)) for model, kind, _ in loaded]).mean(0)
+    for d, meta in zip(dirs[1:], metas[1:]):
+        if meta["labels"] != metas[0]["labels"]:
+            raise FromzeroError(f"{d} predicts labels {meta['labels'][:20]} but {dirs[0]} predicts "
+                                f"{metas[0]['labels'][:20]}; an ensemble needs one label list, in one order")
+    return loaded
 
 
-def _check_task_fits(model_dir: str | Path, meta: dict, task: str, data_seed: int) -> None:
-    """A saved model can be scored on `task` if the kinds match and, with a head, the label lists do."""
+def class_probabilities(loaded: Sequence[tuple], examples: Sequence[Any], split: str = "test") -> torch.Tensor:
+    """[examples, classes]: the mean softmax of classifiers from load_classifiers over the examples."""
+    return torch.stack([kind.probabilities(model, kind.rows(examples, split)) for model, kind, _ in loaded]).mean(0)
+
+
+def check_task_fits(model_dir: str | Path, meta: dict, task: str, data_seed: int = 0) -> None:
+    """A saved model can be scored on `task` if the kinds match and, for a model with a label head, the labels do."""
     if task_kind(task, data_seed) != meta["kind"]:
         raise FromzeroError(f"{model_dir} is a {meta['kind']} model but task {task} is {task_kind(task, data_seed)}; "
                             "evaluate it on a task of the same kind")
@@ -580,5 +588,5 @@ def predict(model_dir: str | Path, inputs: Sequence[Any], base_model: str | Path
     return kind.predict(model, list(inputs))
 
 
-__all__ = ["FinetuneConfig", "ScratchConfig", "class_probabilities", "evaluate_saved", "load_backbone",
-           "load_finetuned", "make_kind", "peak_rss_mb", "predict", "read_meta", "run_finetune", "save_backbone"]
+__all__ = ["FinetuneConfig", "ScratchConfig", "check_task_fits", "class_probabilities", "evaluate_saved",
+           "load_backbone", "load_classifiers", "load_finetuned", "make_kind", "peak_rss_mb", "predict", "read_meta", "run_finetune", "save_backbone"]

@@ -7,6 +7,7 @@
     kind.validate(model)              the number that picks the best checkpoint (higher is better)
     kind.evaluate(model, examples)    full metrics on a split (+ predictions)
     kind.predict(model, inputs)       labels / tags / answers for raw inputs
+    kind.probabilities(model, rows)   class probabilities (classification only; ensembles average them)
 
 Classification  SequenceClassifier; accuracy, macro-F1, per-class scores, confusion matrix.
 Tagging         TokenClassifier, labels on each unit's first piece; entity P/R/F1 (seqeval
@@ -95,6 +96,8 @@ class Classification(TaskKind):
 
     def probabilities(self, model: nn.Module, rows: list[Row]) -> torch.Tensor:
         """[rows, classes] softmax of the classifier's logits, in the rows' order."""
+        if not rows:
+            return torch.empty(0, len(self.labels))
         return torch.stack(predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)).softmax(-1)
 
     def _predict_ids(self, model: nn.Module, rows: list[Row]) -> list[int]:
