@@ -4,6 +4,7 @@ transformers' BertForMaskedLM and T5ForConditionalGeneration, same weights, same
     python benchmarks/pretrain_speed.py                    # bert-mlm + t5-span; fp32, bf16
     python benchmarks/pretrain_speed.py --arch bert-mlm --modes fp32 --reps 8
     python benchmarks/pretrain_speed.py --arch t5-span --modes bf16 --profile   # + where the time goes
+    python benchmarks/pretrain_speed.py --arch t5-span --modes bf16 --compile   # both models under torch.compile
 
 bert-mlm: post-LN BERT, 6 layers, d_model 384, 6 heads, d_ff 1536, vocab 8192, batch 32 x 128
 (MLMMasker: 15% of the tokens, 80/10/10 [MASK]/random/kept). t5-span: T5 v1.1 (gated-GELU, tied
@@ -121,6 +122,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=6)
     p.add_argument("--profile", action="store_true", help="then profile 3 steps of each model (torch profiler)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (the warmup steps compile)")
     args = p.parse_args()
     setups = {arch: setup(arch) for arch in args.arch}
     for arch, s in setups.items():
@@ -130,7 +132,8 @@ def main() -> None:
         tokens = batch["input_ids"].numel()
         for mode in args.modes:
             fresh = copy.deepcopy(models)  # every mode starts from the checked weights, with new optimizers
-            steps = {k: make_step(m, losses[k], batch, mode == "bf16") for k, m in fresh.items()}
+            run = {k: torch.compile(m) for k, m in fresh.items()} if args.compile else fresh
+            steps = {k: make_step(m, losses[k], batch, mode == "bf16") for k, m in run.items()}
             med = interleaved(steps, args.warmup, args.reps)
             tps = {k: tokens / v for k, v in med.items()}
             print(f"{arch:<9} {mode:<5} {tps['hf']:>9,.0f} {tps['fz']:>9,.0f} {tps['fz'] / tps['hf']:>5.2f}x",
