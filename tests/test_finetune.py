@@ -261,6 +261,9 @@ def test_sentiment_finetune_beats_chance_and_round_trips(tmp_path):
         predict(saved, ["好", ""])
     with pytest.raises(FromzeroError, match="classification model but task ner_zh is tagging"):
         evaluate_saved(saved, "ner_zh")
+    assert read_meta(saved)["data_seed"] == 0
+    with pytest.raises(FromzeroError, match="fine-tuned on the data_seed=0 split of reviews_zh"):
+        evaluate_saved(saved, data_seed=1)
 
 
 def test_word_segmentation_finetune_beats_all_single_baseline(tmp_path):

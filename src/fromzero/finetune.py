@@ -409,7 +409,7 @@ def _meta(cfg: FinetuneConfig, kind: TaskKind, kind_name: str, labels: Sequence[
     meta: dict[str, Any] = {
         "format": FORMAT, "version": 1, "task": cfg.task, "kind": kind_name, "labels": list(labels), "unit": unit,
         "max_len": cfg.max_len, "pooling": cfg.pooling, "dropout": cfg.dropout, "crf": cfg.crf, "pack": cfg.pack,
-        "max_new_tokens": cfg.max_new_tokens, "chat_template": to_dict(cfg.chat_template),
+        "max_new_tokens": cfg.max_new_tokens, "chat_template": to_dict(cfg.chat_template), "data_seed": cfg.data_seed,
         "peft": to_dict(peft_cfg), "adapter": peft_cfg.method != "none",
         "base_model": str(base_path) if base_path is not None and peft_cfg.method != "none" else None,
     }
@@ -523,8 +523,10 @@ def load_finetuned(model_dir: str | Path, base_model: str | Path | None = None) 
 
 
 def evaluate_saved(model_dir: str | Path | Sequence[str | Path], task: str | None = None, split: str = "test",
-                   base_model: str | Path | None = None, data_seed: int = 0) -> dict[str, Any]:
+                   base_model: str | Path | None = None, data_seed: int | None = None) -> dict[str, Any]:
     """Metrics of a saved fine-tuned model on a split of its task (or of another task with the same labels).
+
+    data_seed picks the split; by default the one the model was fine-tuned on (its finetune.json).
 
     Several classifier folders (e.g. one recipe fine-tuned with different seeds) are scored as an
     ensemble: their class probabilities are averaged, each model reading the text with its own tokenizer.
@@ -532,6 +534,7 @@ def evaluate_saved(model_dir: str | Path | Sequence[str | Path], task: str | Non
     dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     loaded = [load_finetuned(dirs[0], base_model)] if len(dirs) == 1 else load_classifiers(dirs, base_model)
     task = task or loaded[0][2]["task"]
+    data_seed = loaded[0][2].get("data_seed", 0) if data_seed is None else data_seed
     for d, (_, _, meta) in zip(dirs, loaded):
         check_task_fits(d, meta, task, data_seed)
     examples = load_task_data(task, split, data_seed)
@@ -565,7 +568,13 @@ def class_probabilities(loaded: Sequence[tuple], examples: Sequence[Any], split:
 
 
 def check_task_fits(model_dir: str | Path, meta: dict, task: str, data_seed: int = 0) -> None:
-    """A saved model can be scored on `task` if the kinds match and, for a model with a label head, the labels do."""
+    """A saved model can be scored on `task` if the kinds match and, for a model with a label head, the labels do;
+    on its own task, only with the split it was fine-tuned on (another seed's test split holds its training data)."""
+    trained = meta.get("data_seed", 0)
+    if str(task) == str(meta["task"]) and data_seed != trained:
+        raise FromzeroError(f"{model_dir} was fine-tuned on the data_seed={trained} split of {task}; the "
+                            f"data_seed={data_seed} split would score it on examples it was trained on. "
+                            f"Evaluate it with data_seed={trained}")
     if task_kind(task, data_seed) != meta["kind"]:
         raise FromzeroError(f"{model_dir} is a {meta['kind']} model but task {task} is {task_kind(task, data_seed)}; "
                             "evaluate it on a task of the same kind")
