@@ -14,9 +14,8 @@ scikit-learn (`pip install scikit-learn`).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 from fromzero.baselines_tfidf import tfidf_logreg
 from fromzero.errors import FromzeroError
@@ -40,14 +39,15 @@ def main() -> None:
     if not only <= set(SETTINGS):
         raise FromzeroError(f"{args.against[0]} was fine-tuned on {loaded[0][2]['task']}; the baseline covers "
                             f"{', '.join(SETTINGS)}")
-    for d, (_, _, meta) in zip(args.against or [], loaded):
-        check_task_fits(d, meta, meta["task"], args.seed)
+    for d, (_, kind, meta) in zip(args.against or [], loaded):
+        check_task_fits(d, kind, meta, meta["task"], args.seed)
     print(f"{'task':<11} {'features':<14} {'train':>6} {'test':>5}  {'val acc':>7}  {'test acc':>8}  "
           f"{'test F1':>7}  {'fit s':>5}")
     for task, kw in SETTINGS.items():
         if task not in only:
             continue
-        train, test_examples = load_task_data(task, "train", seed=args.seed), load_task_data(task, "test", seed=args.seed)
+        train = load_task_data(task, "train", seed=args.seed)
+        test_examples = load_task_data(task, "test", seed=args.seed)
         names = label_names(task)
         test = tfidf_logreg(train, test_examples, label_names=names,
                             val=load_task_data(task, "val", seed=args.seed), seed=args.seed, **kw)

@@ -535,8 +535,8 @@ def evaluate_saved(model_dir: str | Path | Sequence[str | Path], task: str | Non
     loaded = [load_finetuned(dirs[0], base_model)] if len(dirs) == 1 else load_classifiers(dirs, base_model)
     task = task or loaded[0][2]["task"]
     data_seed = loaded[0][2].get("data_seed", 0) if data_seed is None else data_seed
-    for d, (_, _, meta) in zip(dirs, loaded):
-        check_task_fits(d, meta, task, data_seed)
+    for d, (_, kind, meta) in zip(dirs, loaded):
+        check_task_fits(d, kind, meta, task, data_seed)
     examples = load_task_data(task, split, data_seed)
     if len(loaded) == 1:
         model, kind, _ = loaded[0]
@@ -554,7 +554,8 @@ def load_classifiers(dirs: Sequence[str | Path], base_model: str | Path | None =
     metas = [meta for _, _, meta in loaded]
     if any(meta["kind"] != "classification" for meta in metas):
         kinds = ", ".join(f"{d} ({meta['kind']})" for d, meta in zip(dirs, metas))
-        raise FromzeroError(f"an ensemble averages class probabilities, so every model must be a classifier; got {kinds}")
+        raise FromzeroError("an ensemble averages class probabilities, so every model must be a classifier; "
+                            f"got {kinds}")
     for d, meta in zip(dirs[1:], metas[1:]):
         if meta["labels"] != metas[0]["labels"]:
             raise FromzeroError(f"{d} predicts labels {meta['labels'][:20]} but {dirs[0]} predicts "
@@ -567,9 +568,10 @@ def class_probabilities(loaded: Sequence[tuple], examples: Sequence[Any], split:
     return torch.stack([kind.probabilities(model, kind.rows(examples, split)) for model, kind, _ in loaded]).mean(0)
 
 
-def check_task_fits(model_dir: str | Path, meta: dict, task: str, data_seed: int = 0) -> None:
-    """A saved model can be scored on `task` if the kinds match and, for a model with a label head, the labels do;
-    on its own task, only with the split it was fine-tuned on (another seed's test split holds its training data)."""
+def check_task_fits(model_dir: str | Path, kind: TaskKind, meta: dict, task: str, data_seed: int = 0) -> None:
+    """A saved model (load_finetuned's kind and meta) can be scored on `task` if the kinds match and, for a
+    model with a label head, the labels do; on its own task, only with the split it was fine-tuned on
+    (another seed's test split holds its training data)."""
     trained = meta.get("data_seed", 0)
     if str(task) == str(meta["task"]) and data_seed != trained:
         raise FromzeroError(f"{model_dir} was fine-tuned on the data_seed={trained} split of {task}; the "
@@ -578,7 +580,7 @@ def check_task_fits(model_dir: str | Path, meta: dict, task: str, data_seed: int
     if task_kind(task, data_seed) != meta["kind"]:
         raise FromzeroError(f"{model_dir} is a {meta['kind']} model but task {task} is {task_kind(task, data_seed)}; "
                             "evaluate it on a task of the same kind")
-    if meta["kind"] in ("classification", "tagging"):
+    if kind.head_modules:
         names = label_names(task, data_seed)
         if list(names) != list(meta["labels"]):
             raise FromzeroError(f"task {task} has labels {names[:20]} but {model_dir} was trained on "
@@ -598,4 +600,5 @@ def predict(model_dir: str | Path, inputs: Sequence[Any], base_model: str | Path
 
 
 __all__ = ["FinetuneConfig", "ScratchConfig", "check_task_fits", "class_probabilities", "evaluate_saved",
-           "load_backbone", "load_classifiers", "load_finetuned", "make_kind", "peak_rss_mb", "predict", "read_meta", "run_finetune", "save_backbone"]
+           "load_backbone", "load_classifiers", "load_finetuned", "make_kind", "peak_rss_mb", "predict", "read_meta",
+           "run_finetune", "save_backbone"]

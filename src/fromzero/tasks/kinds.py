@@ -94,14 +94,17 @@ class Classification(TaskKind):
         loss = F.cross_entropy(logits, batch["labels"])
         return {"loss": loss, "acc": (logits.argmax(-1) == batch["labels"]).float().mean()}
 
-    def probabilities(self, model: nn.Module, rows: list[Row]) -> torch.Tensor:
-        """[rows, classes] softmax of the classifier's logits, in the rows' order."""
+    def _logits(self, model: nn.Module, rows: list[Row]) -> torch.Tensor:
         if not rows:
             return torch.empty(0, len(self.labels))
-        return torch.stack(predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id)).softmax(-1)
+        return torch.stack(predict_logits(model, rows, self.eval_batch_size, self.tok.pad_id))
+
+    def probabilities(self, model: nn.Module, rows: list[Row]) -> torch.Tensor:
+        """[rows, classes] softmax of the classifier's logits, in the rows' order."""
+        return self._logits(model, rows).softmax(-1)
 
     def _predict_ids(self, model: nn.Module, rows: list[Row]) -> list[int]:
-        return self.probabilities(model, rows).argmax(-1).tolist()
+        return self._logits(model, rows).argmax(-1).tolist()
 
     def validate(self, model: nn.Module) -> float:
         pred = self._predict_ids(model, self.val_rows)
