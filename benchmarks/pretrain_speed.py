@@ -3,7 +3,7 @@ transformers' BertForMaskedLM and T5ForConditionalGeneration, same weights, same
 
     python benchmarks/pretrain_speed.py                    # bert-mlm + t5-span; fp32, bf16
     python benchmarks/pretrain_speed.py --arch bert-mlm --modes fp32 --reps 8
-    python benchmarks/pretrain_speed.py --arch t5-span --modes bf16 --profile   # + where the time goes
+    python benchmarks/pretrain_speed.py --arch t5-span --modes bf16 --profile   # + top ops, ratio ceiling
     python benchmarks/pretrain_speed.py --arch t5-span --modes bf16 --compile   # both models under torch.compile
 
 bert-mlm: post-LN BERT, 6 layers, d_model 384, 6 heads, d_ff 1536, vocab 8192, batch 32 x 128
@@ -139,19 +139,30 @@ def main() -> None:
             print(f"{arch:<9} {mode:<5} {tps['hf']:>9,.0f} {tps['fz']:>9,.0f} {tps['fz'] / tps['hf']:>5.2f}x",
                   flush=True)
             if args.profile:
+                gemm = {}
                 for name, step in steps.items():
                     print(f"\n{arch} {mode} {'transformers' if name == 'hf' else 'fromzero'}, 3 steps:")
-                    print(profile_table(step))
+                    table, gemm[name] = profile_step(step)
+                    print(table)
+                print(f"{arch} {mode}: matrix multiplies alone take {gemm['fz'] * 1e3:.0f} ms/step in fromzero "
+                      f"({gemm['hf'] * 1e3:.0f} in transformers), whose whole step takes {med['hf'] * 1e3:.0f} ms: "
+                      f"with these multiplies fromzero cannot beat it by more than {med['hf'] / gemm['fz']:.2f}x\n")
 
 
-def profile_table(step: Callable[[], None], steps: int = 3, rows: int = 15) -> str:
-    """The ops that take the most CPU time over `steps` training steps."""
+GEMMS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm"}
+
+
+def profile_step(step: Callable[[], None], steps: int = 3, rows: int = 15) -> tuple[str, float]:
+    """The ops that take the most CPU time over `steps` training steps, and the seconds per step
+    spent in matrix multiplies (the floor under any step that does the same multiplies)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
+    ops = prof.key_averages()
+    gemm = sum(e.self_cpu_time_total for e in ops if e.key in GEMMS) / 1e6 / steps
+    return ops.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40), gemm
 
 
 if __name__ == "__main__":
