@@ -2,6 +2,7 @@
 and check logits (and greedy generation) against transformers."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -98,3 +99,21 @@ def test_unsupported_checkpoints_are_clear_errors(tmp_path):
     gqa_gpt2 = DecoderLM(ModelConfig(arch="gpt2", vocab_size=V, n_layer=1, n_head=4, n_kv_head=2, d_model=32))
     with pytest.raises(FromzeroError, match="HF GPT-2 needs plain multi-head attention"):
         save_hf(gqa_gpt2, tmp_path / "x")
+
+
+@pytest.mark.parametrize("kind, name, bad, want", [
+    ("gpt2", "transformer.h.1.attn.c_attn.weight", (64, 150), (64, 192)),  # Conv1D [in, out], as in the file
+    ("llama", "model.layers.0.self_attn.q_proj.weight", (64, 48), (64, 64)),  # wrong input width: used to crash in cat
+    ("qwen2", "model.layers.1.mlp.up_proj.weight", (50, 64), (96, 64)),  # used to blame our fused gate_up
+])
+def test_wrong_tensor_shape_names_the_hf_tensor_and_both_shapes(tmp_path, kind, name, bad, want):
+    from safetensors.torch import load_file, save_file
+
+    hf_model(kind).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert tuple(weights[name].shape) == want
+    weights[name] = torch.zeros(bad)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    expected = f"tensor '{name}' has shape {bad} but config.json implies {want}"
+    with pytest.raises(FromzeroError, match=re.escape(expected)):
+        load_model(tmp_path)

@@ -229,6 +229,23 @@ def state_to_hf(cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]
     return out
 
 
+def check_hf_shapes(cfg: ModelConfig, hf: dict[str, Tensor], source: str | Path) -> None:
+    """Compare every HF tensor with the shape config.json implies, in the file's own names and layout.
+
+    Runs before any fusing or transposing, which would otherwise crash in torch.cat or blame
+    fromzero's fused tensor. The expected shapes come from exporting a meta-device model.
+    """
+    with torch.device("meta"):
+        expected = state_to_hf(cfg, clean_state_dict(DecoderLM(cfg, init_weights=False)))
+    for name, t in hf.items():
+        want = next((expected[p + name].shape for p in ("", "transformer.", "model.") if p + name in expected), None)
+        if want is not None and t.shape != want:
+            raise FromzeroError(
+                f"{source}: tensor '{name}' has shape {tuple(t.shape)} but config.json implies {tuple(want)}; "
+                "config.json and the weights come from different models: use the config.json saved with these weights"
+            )
+
+
 # ---------------------------------------------------------------- folders
 
 
@@ -261,7 +278,9 @@ def load_hf(dir: str | Path, map_location: str | torch.device = "cpu", dtype: to
         raise FromzeroError(f"model directory {dir} not found; pass a local Hugging Face model folder")
     hf_cfg = read_config(dir)
     cfg = config_from_hf(hf_cfg)
-    state = state_from_hf(cfg, read_hf_tensors(dir), hf_cfg["model_type"])
+    tensors = read_hf_tensors(dir)
+    check_hf_shapes(cfg, tensors, dir)
+    state = state_from_hf(cfg, tensors, hf_cfg["model_type"])
     model = DecoderLM.empty(cfg, device=map_location, dtype=dtype)
     load_state_strict(model, state, dir, skip=("lm_head.weight",) if cfg.tie_embeddings else (),
                       hint=f"The weights do not fit the {hf_cfg['model_type']} layout fromzero expects.")
