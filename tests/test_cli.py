@@ -39,6 +39,27 @@ def trained_run(corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> Path:
+    """A tiny random encoder folder laid out like `fromzero pretrain` exports one (weights + tokenizer +
+    embedding.json), with mean pooling recorded, so --pooling cls visibly overrides it."""
+    import torch
+
+    from fromzero.model.encoder import EncoderConfig, EncoderModel, save_encoder
+    from fromzero.tokenizer import TokenizerConfig, train_tokenizer
+
+    out = tmp_path_factory.mktemp("encoder")
+    texts = [t for t, _ in zip(iter_texts("reviews_zh"), range(300))]
+    tok = train_tokenizer(texts, TokenizerConfig(kind="wordpiece", vocab_size=600), show_progress=False)
+    torch.manual_seed(0)
+    model = EncoderModel(EncoderConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=32,
+                                       dropout=0.0))
+    save_encoder(model, out)
+    tok.save(out)
+    (out / "embedding.json").write_text(json.dumps({"pooling": "mean"}) + "\n", encoding="utf-8")
+    return out
+
+
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fromzero", *args], capture_output=True, text=True,
                           input=stdin, timeout=300)
@@ -95,6 +116,7 @@ def test_tokenizer_train_and_show(corpus, tmp_path):
     (["pretrain", "data.sources=[/no/such/file.txt]"], "/no/such/file.txt"),
     (["generate", "--model", "/no/such/dir", "--prompt", "x"], "/no/such/dir"),
     (["tokenizer", "show", "/no/such/tokenizer.json"], "/no/such/tokenizer.json"),
+    (["embed", "--model", "/no/such/encoder", "今天天气很好"], "/no/such/encoder"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, expected, tmp_path):
     r = run_cli(*args, f"train.out_dir={tmp_path}") if args[0] == "pretrain" else run_cli(*args)
@@ -136,3 +158,40 @@ def test_convert_round_trip_through_transformers(trained_run, tmp_path):
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
     r = run_cli("convert", str(src), str(tmp_path / "hf"))
     assert r.returncode == 2 and "not empty" in r.stderr
+
+
+def test_embed_positional_texts_stdin_and_pooling(encoder_dir, capsys, monkeypatch):
+    import io
+
+    import numpy as np
+
+    texts = ["今天天气很好", "我喜欢这本书"]
+
+    def embed(*args: str) -> list[dict]:
+        assert main(["embed", "--model", str(encoder_dir), *args]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    rows = embed(*texts)  # as configs/pretrain/simcse-zh.yaml documents it
+    assert [r["text"] for r in rows] == texts
+    vecs = np.array([r["embedding"] for r in rows])
+    assert vecs.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vecs[0], vecs[1])
+
+    same = embed(texts[0], "--text", texts[0])  # positional and --text together; identical texts, identical vectors
+    assert [r["text"] for r in same] == [texts[0]] * 2 and same[0]["embedding"] == same[1]["embedding"]
+    np.testing.assert_allclose(same[0]["embedding"], vecs[0], atol=1e-5)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{texts[0]}\n\n{texts[1]}\n"))  # blank lines are skipped
+    assert embed() == rows
+
+    assert embed(*texts, "--pooling", "mean") == rows  # mean is the recorded pooling
+    cls = np.array([r["embedding"] for r in embed(*texts, "--pooling", "cls")])
+    np.testing.assert_allclose(np.linalg.norm(cls, axis=1), 1.0, atol=1e-5)
+    assert np.abs(cls - vecs).max() > 1e-2
+
+
+def test_embed_without_text_is_one_clear_line(encoder_dir):
+    r = run_cli("embed", "--model", str(encoder_dir), stdin="\n  \n")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: no text to embed") and len(r.stderr.strip().splitlines()) == 1

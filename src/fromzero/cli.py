@@ -134,10 +134,18 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 def _cmd_embed(args: argparse.Namespace) -> None:
     import json
 
+    texts = [*args.texts, *(args.text or [])]
+    if not texts:  # only then read stdin, so `fromzero embed ... "text"` never waits on a terminal
+        if sys.stdin.isatty():
+            print("reading texts from stdin, one per line (Ctrl-D to finish)", file=sys.stderr)
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise FromzeroError("no text to embed: pass texts as arguments (fromzero embed --model DIR \"text\" ...), "
+                            "with --text, or one per line on stdin")
+
     from fromzero.objectives.contrastive import embed_from_dir
 
-    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    vectors = embed_from_dir(args.model, texts)
+    vectors = embed_from_dir(args.model, texts, pooling=args.pooling)
     for text, vec in zip(texts, vectors.tolist()):
         print(json.dumps({"text": text, "embedding": [round(x, 6) for x in vec]}, ensure_ascii=False))
 
@@ -221,8 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(func=_cmd_convert)
 
     em = sub.add_parser("embed", help="sentence embeddings from an encoder (JSON lines out)")
-    em.add_argument("--model", required=True, help="an encoder folder (e.g. a simcse run's checkpoint)")
-    em.add_argument("--text", action="append", help="text to embed (repeatable; default: stdin lines)")
+    em.add_argument("--model", required=True, help="an encoder folder (e.g. runs/simcse-zh/encoder) or a BERT folder")
+    em.add_argument("texts", nargs="*", metavar="TEXT",
+                    help="texts to embed; with --text too, both are used (these first); stdin lines are read "
+                         "only when no text is given on the command line")
+    em.add_argument("--text", action="append", help="a text to embed (repeatable; same as a positional TEXT)")
+    em.add_argument("--pooling", choices=["cls", "mean", "pooler"], default=None,
+                    help="how a sentence vector is read off the encoder (default: the pooling recorded at "
+                         "training in embedding.json, else cls)")
     em.set_defaults(func=_cmd_embed)
     return p
 
