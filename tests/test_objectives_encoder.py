@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fromzero.data.pairs import PairBatches, build_pair_corpus, iter_pairs
 from fromzero.data.sentences import SentenceBatches, build_sentence_corpus
 from fromzero.errors import FromzeroError
 from fromzero.model.encoder import EncoderConfig, EncoderModel, load_encoder
@@ -151,20 +152,31 @@ def test_pairs_are_balanced_and_correct(tok, corpus, task):
     assert 0.4 < np.mean(labels) < 0.6
 
 
-def test_masked_lm_loss_decreases_on_real_text(tok, corpus):
-    model = small_encoder(tok, pair_head=True)
-    batches = SentenceBatches(corpus, tok, 16, 64, "sop", MLMMasker.for_tokenizer(tok), seed=0)
-    objective = MaskedLM(pair_task="sop")
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for step in range(40):
-        out = objective(model, batches.batch(step))
+def train_steps(model, objective, batches, steps: int = 40, lr: float = 2e-3) -> list[dict[str, float]]:
+    """`steps` AdamW steps of `objective` on the first batches; every step's metrics as floats."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    history = []
+    for _, batch in zip(range(steps), batches):
+        out = objective(model, batch)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        losses.append(out["mlm_loss"].item())
-    assert {"mlm_acc", "sop_loss", "sop_acc"} <= set(out)
-    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+        history.append({k: float(v.detach()) for k, v in out.items()})
+    return history
+
+
+def early_late(history: list[dict[str, float]], key: str) -> tuple[float, float]:
+    return float(np.mean([h[key] for h in history[:5]])), float(np.mean([h[key] for h in history[-5:]]))
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_masked_lm_loss_decreases_on_real_text(tok, corpus, task):
+    model = small_encoder(tok, pair_head=True)
+    history = train_steps(model, MaskedLM(pair_task=task),
+                          SentenceBatches(corpus, tok, 16, 64, task, MLMMasker.for_tokenizer(tok), seed=0))
+    assert {"mlm_acc", f"{task}_loss", f"{task}_acc"} <= set(history[-1])
+    early, late = early_late(history, "mlm_loss")
+    assert late < early - 1.0
 
 
 # ------------------------------------------------------------------------------ ELECTRA
@@ -300,6 +312,87 @@ def test_mixture_prefixes_metrics_and_weights_losses(tok, corpus):
     torch.testing.assert_close(out["loss"].detach(), out["mlm.loss"] + 0.5 * out["simcse.loss"])
     assert source.state_dict() == {"mlm": source.sources["mlm"].state_dict(),
                                    "simcse": source.sources["simcse"].state_dict()}
+
+
+def test_mixture_learns_both_objectives_on_real_text(tok, corpus):
+    model = small_encoder(tok, dropout=0.1)
+    source = MixtureBatches({"mlm": SentenceBatches(corpus, tok, 16, 64, "packed", MLMMasker.for_tokenizer(tok)),
+                             "simcse": SentenceBatches(corpus, tok, 16, 48, "sentence")})
+    history = train_steps(model, Mixture({"mlm": (MaskedLM(), 1.0), "simcse": (SimCSE(pooling="mean"), 1.0)}),
+                          source, steps=60)
+    for key, drop in (("mlm.loss", 1.0), ("simcse.loss", 0.3)):
+        early, late = early_late(history, key)
+        assert late < early - drop, (key, early, late)
+
+
+# ------------------------------------------------------------------------------ supervised pairs
+
+
+def test_pair_sources_and_their_errors(tmp_path):
+    chat = list(iter_pairs("chat_zh"))
+    assert len(chat) > 400 and all(a.strip() and b.strip() and neg is None for a, b, neg in chat)
+    assert ("什么是ai", "人工智能是工程和科学的分支,致力于构建具有思维的机器。", None) in chat
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"text": "a", "positive": "b", "negative": "c"}\n\n{"text": "d", "positive": "e"}\n',
+                     encoding="utf-8")
+    assert list(iter_pairs(jsonl)) == [("a", "b", "c"), ("d", "e", None)]
+    table = tmp_path / "pairs.csv"
+    table.write_text("text,positive\nx,y\n", encoding="utf-8")
+    assert list(iter_pairs(table)) == [("x", "y", None)]
+    for name, body, message in [("half.jsonl", '{"text": "a"}\n', "line 1 has no text in positive"),
+                                ("broken.jsonl", "{oops\n", "line 1 is not valid JSON"),
+                                ("empty.csv", "text,positive\nx,\n", "line 2 has no text in positive")]:
+        (tmp_path / name).write_text(body, encoding="utf-8")
+        with pytest.raises(FromzeroError, match=message):
+            list(iter_pairs(tmp_path / name))
+    with pytest.raises(FromzeroError, match="not found"):
+        iter_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(FromzeroError, match="chat_zh"):
+        iter_pairs("people_daily")
+
+
+def test_pair_batches_rows_are_given_pairs_split_across_ranks(tok):
+    corpus = build_pair_corpus(["chat_zh"], tok)
+    assert corpus.negatives is None and len(corpus) > 400
+    known = {(tuple(a[:22].tolist()), tuple(p[:22].tolist())) for a, p in zip(corpus.anchors, corpus.positives)}
+    batch = PairBatches(corpus, tok, 16, 24, seed=3).batch(5)
+    assert set(batch) == {"input_ids", "attention_mask", "input_ids_b", "attention_mask_b"}
+
+    def rows(ids, mask):  # the text of each [CLS] text [SEP] row
+        assert (ids[:, 0] == tok.cls_id).all() and (ids[mask == 0] == tok.pad_id).all()
+        assert (ids[torch.arange(len(ids)), mask.sum(1) - 1] == tok.sep_id).all()
+        return [tuple(r[1 : int(m.sum()) - 1].tolist()) for r, m in zip(ids, mask)]
+
+    anchors, positives = rows(batch["input_ids"], batch["attention_mask"]), rows(batch["input_ids_b"],
+                                                                                  batch["attention_mask_b"])
+    assert all(pair in known for pair in zip(anchors, positives))  # row i of both halves is one given pair
+    torch.testing.assert_close(PairBatches(corpus, tok, 16, 24, seed=3).batch(5), batch)
+    halves = [PairBatches(corpus, tok, 8, 24, seed=3, rank=r, world_size=2).batch(5) for r in (0, 1)]
+    assert torch.cat([h["input_ids_b"][:, :4] for h in halves]).tolist() == batch["input_ids_b"][:, :4].tolist()
+    with pytest.raises(FromzeroError, match="3 text pairs cannot fill a batch of 4"):
+        PairBatches(corpus.subset(np.arange(3)), tok, 4, 24)
+
+
+def test_supervised_simcse_learns_held_out_reply_retrieval(tmp_path):
+    from fromzero.config import build
+    from fromzero.pretrain_encoder import EncoderPretrainConfig, run_encoder_pretrain
+
+    cfg = build(EncoderPretrainConfig, {
+        "objective": "simcse_sup", "tokenizer": {"kind": "wordpiece", "vocab_size": 1000},
+        "data": {"sources": ["chat_zh"], "val_fraction": 0.1, "sentence_max_len": 32},
+        "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "max_seq_len": 32, "dropout": 0.1},
+        "contrastive": {"pooling": "mean"}, "metric_batches": 8,
+        "train": {"out_dir": str(tmp_path / "run"), "max_steps": 80, "batch_size": 32, "eval_every": 0,
+                  "eval_batches": 1, "precision": "fp32", "warmup_steps": 10, "lr": 1e-3},
+    })
+    summary = run_encoder_pretrain(cfg)
+    before, after = summary["metrics_before_training"], summary["metrics"]
+    # replies never trained on: is its own message the nearest of the 32 in the batch? (chance 1/32)
+    assert after["retrieval_accuracy"] > before["retrieval_accuracy"] + 0.05, (before, after)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "train"]
+    assert losses[-1] < losses[0] - 0.5
+    assert json.loads((tmp_path / "run" / "encoder" / "embedding.json").read_text()) == {"pooling": "mean"}
 
 
 # ------------------------------------------------------------------------------ the recipe runner

@@ -123,7 +123,7 @@ def _train(cfg: PretrainConfig, dist: DistributedContext, tok: Tokenizer, train_
     return summary
 
 
-ENCODER_OBJECTIVES = ("mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "mlm+simcse")
+ENCODER_OBJECTIVES = ("mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "simcse_sup", "mlm+simcse")
 SEQ2SEQ_OBJECTIVES = ("span", "denoise")
 
 

@@ -7,6 +7,7 @@
     mlm_sop      masked LM + sentence-order prediction (ALBERT)
     rtd          replaced-token detection (ELECTRA): small generator + discriminator
     simcse       unsupervised SimCSE sentence embeddings (dropout as noise)
+    simcse_sup   supervised SimCSE on given text pairs (data.sources: chat_zh/chat_en or pair files)
     mlm+simcse   both on one encoder, weighted (cfg.mixture)
 
 It writes the trainer's checkpoints plus `<out_dir>/encoder/` (the encoder to keep - for rtd the
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from fromzero.config import to_dict
+from fromzero.data.pairs import PairBatches, PairCorpus, build_pair_corpus, iter_pairs
 from fromzero.data.sentences import SentenceBatches, SentenceCorpus, build_sentence_corpus
 from fromzero.data.sources import CORPUS_VERSION, source_files
 from fromzero.errors import FromzeroError
@@ -36,11 +38,11 @@ from fromzero.objectives.mixture import Mixture, MixtureBatches
 from fromzero.objectives.mlm import MaskedLM, MLMConfig, MLMMasker, evaluate_mlm
 from fromzero.objectives.rtd import ElectraModel, RTDConfig, evaluate_rtd, replaced_token_detection
 from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-from fromzero.pretrain import run_ranked
+from fromzero.pretrain import ENCODER_OBJECTIVES, run_ranked
 from fromzero.train.distributed import DistributedContext
 from fromzero.train.trainer import TrainConfig, Trainer
 
-Objective = Literal["mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "mlm+simcse"]
+Objective = Literal["mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "simcse_sup", "mlm+simcse"]
 
 
 @dataclass
@@ -48,7 +50,7 @@ class EncoderDataConfig:
     sources: list[str] = field(default_factory=lambda: ["people_daily", "reviews_zh"])
     val_fraction: float = 0.02  # held-out documents
     max_docs: int | None = None  # per source; None = all
-    sentence_max_len: int = 64  # row length for sentence-level objectives (simcse)
+    sentence_max_len: int = 64  # row length for sentence-level objectives (simcse, simcse_sup)
     cache_dir: str = ".cache/fromzero"
 
 
@@ -69,9 +71,8 @@ class EncoderPretrainConfig:
                                                                    weight_decay=0.01))
 
     def __post_init__(self) -> None:
-        if self.objective not in ("mlm", "mlm_nsp", "mlm_sop", "rtd", "simcse", "mlm+simcse"):
-            raise FromzeroError(f"objective must be one of mlm, mlm_nsp, mlm_sop, rtd, simcse, mlm+simcse; "
-                                f"got {self.objective!r}")
+        if self.objective not in ENCODER_OBJECTIVES:
+            raise FromzeroError(f"objective must be one of {', '.join(ENCODER_OBJECTIVES)}; got {self.objective!r}")
 
 
 def run_encoder_pretrain(cfg: EncoderPretrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -95,8 +96,11 @@ def prepare_tokenizer(cfg: EncoderPretrainConfig, out_dir: Path, quiet: bool = F
         return Tokenizer.load(own)
     from fromzero.data.sources import iter_texts
 
-    tok = train_tokenizer((t for src in cfg.data.sources for t in iter_texts(src)), cfg.tokenizer,
-                          show_progress=not quiet)
+    if cfg.objective == "simcse_sup":  # pair files hold their texts in several fields
+        texts = (t for src in cfg.data.sources for pair in iter_pairs(src) for t in pair if t)
+    else:
+        texts = (t for src in cfg.data.sources for t in iter_texts(src))
+    tok = train_tokenizer(texts, cfg.tokenizer, show_progress=not quiet)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(own)
     if not quiet:
@@ -130,8 +134,11 @@ def load_corpus(sources: list[str], tok: Tokenizer, max_docs: int | None, cache_
     return corpus
 
 
-def _prepare_data(cfg: EncoderPretrainConfig, out_dir: Path, quiet: bool) -> tuple[Tokenizer, SentenceCorpus]:
+def _prepare_data(cfg: EncoderPretrainConfig, out_dir: Path,
+                  quiet: bool) -> tuple[Tokenizer, SentenceCorpus | PairCorpus]:
     tok = prepare_tokenizer(cfg, out_dir, quiet=quiet)
+    if cfg.objective == "simcse_sup":  # pairs are few and quick to tokenize: no cache
+        return tok, build_pair_corpus(cfg.data.sources, tok)
     return tok, load_corpus(cfg.data.sources, tok, cfg.data.max_docs, cfg.data.cache_dir, quiet=quiet)
 
 
@@ -177,6 +184,8 @@ def build_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: SentenceCo
         return SentenceBatches(corpus, tok, B, max_len, cfg.objective[4:], masker, **common)
     if cfg.objective == "simcse":
         return SentenceBatches(corpus, tok, B, sent_len, "sentence", **common)
+    if cfg.objective == "simcse_sup":
+        return PairBatches(corpus, tok, min(B, len(corpus)), sent_len, **common)
     return MixtureBatches({"mlm": SentenceBatches(corpus, tok, B, max_len, "packed", masker, **common),
                            "simcse": SentenceBatches(corpus, tok, B, sent_len, "sentence", **common)})
 
@@ -189,7 +198,7 @@ def build_objective(cfg: EncoderPretrainConfig):
         return MaskedLM(pair_task=cfg.objective[4:], pair_weight=cfg.mlm.pair_weight)
     if cfg.objective == "rtd":
         return replaced_token_detection
-    if cfg.objective == "simcse":
+    if cfg.objective in ("simcse", "simcse_sup"):  # supervised when the batches carry input_ids_b
         return SimCSE(c.temperature, c.pooling)
     unknown = set(cfg.mixture) - {"mlm", "simcse"}
     if unknown:
@@ -216,7 +225,20 @@ def held_out_metrics(cfg: EncoderPretrainConfig, model: torch.nn.Module, tok: To
         sentences = SentenceBatches(val, tok, cfg.train.batch_size, min(cfg.data.sentence_max_len, max_len),
                                     "sentence", seed=seed).fixed(n)
         out.update(contrastive_metrics(model, sentences, cfg.contrastive.pooling))
+    if cfg.objective == "simcse_sup":
+        out.update(contrastive_metrics(model, _pair_eval_batches(cfg, tok, val, max_len, n), cfg.contrastive.pooling))
     return out
+
+
+def _pair_eval_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, val: PairCorpus, max_len: int,
+                       n: int) -> list[dict[str, torch.Tensor]]:
+    """Up to n held-out batches of distinct pairs; a small validation set is one batch of all its pairs."""
+    B = min(cfg.train.batch_size, len(val))
+    if B < 2:
+        raise FromzeroError(f"the validation split has {len(val)} text pair(s); contrastive metrics need at least 2: "
+                            "raise data.val_fraction or add pairs")
+    batches = PairBatches(val, tok, B, min(cfg.data.sentence_max_len, max_len), seed=cfg.train.seed + 1_000_003)
+    return batches.fixed(1 if B == len(val) else n)
 
 
 def review_probe(model: torch.nn.Module, tok: Tokenizer, pooling: str, n: int = 2000, seed: int = 0) -> float:
@@ -245,14 +267,16 @@ def _eval_source(cfg: EncoderPretrainConfig, tok: Tokenizer, val: SentenceCorpus
         sentences = SentenceBatches(val, tok, cfg.train.batch_size, min(cfg.data.sentence_max_len, max_len),
                                     "sentence", seed=seed).fixed(cfg.train.eval_batches)
         return lambda model: contrastive_metrics(model, sentences, cfg.contrastive.pooling)["val_loss"]
+    if cfg.objective == "simcse_sup":  # given pairs: the training loss itself is a fair held-out measure
+        return _pair_eval_batches(cfg, tok, val, max_len, cfg.train.eval_batches)
     return build_batches(cfg, tok, val, max_len, seed).fixed(cfg.train.eval_batches)
 
 
 # ---------------------------------------------------------------------- the run
 
 
-def _train(cfg: EncoderPretrainConfig, dist: DistributedContext, tok: Tokenizer, corpus: SentenceCorpus,
-           resume: bool) -> dict[str, Any]:
+def _train(cfg: EncoderPretrainConfig, dist: DistributedContext, tok: Tokenizer,
+           corpus: SentenceCorpus | PairCorpus, resume: bool) -> dict[str, Any]:
     train, val = corpus.split(cfg.data.val_fraction, seed=cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, tok)
@@ -262,11 +286,12 @@ def _train(cfg: EncoderPretrainConfig, dist: DistributedContext, tok: Tokenizer,
     probe = dist.is_main and "reviews_zh" in cfg.data.sources
     baseline = None
     if dist.is_main and not resume:  # the same metrics before training, for comparison
-        baseline = held_out_metrics(cfg, model, tok, val) if cfg.objective == "simcse" else {}
+        baseline = held_out_metrics(cfg, model, tok, val) if cfg.objective.startswith("simcse") else {}
         if probe:
             baseline["review_sentiment_knn"] = review_probe(model, tok, cfg.contrastive.pooling)
     if dist.is_main:
-        print(f"data: {train.n_docs:,} train / {val.n_docs:,} val documents ({len(train.tokens):,} / "
+        unit = "text pairs" if isinstance(train, PairCorpus) else "documents"
+        print(f"data: {train.n_docs:,} train / {val.n_docs:,} val {unit} ({len(train.tokens):,} / "
               f"{len(val.tokens):,} tokens) from {', '.join(cfg.data.sources)}")
         print(f"model: encoder for {cfg.objective}, {model.num_params() / 1e6:.2f}M parameters")
 

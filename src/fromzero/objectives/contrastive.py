@@ -185,13 +185,14 @@ def embed(model: nn.Module, tokenizer, texts: Sequence[str] | str, pooling: Pool
 @torch.no_grad()
 def contrastive_metrics(model: nn.Module, batches: Sequence[dict[str, Tensor]], pooling: Pooling = "cls",
                         drop_frac: float = 0.15, seed: int = 0) -> dict[str, float]:
-    """Held-out embedding quality without labelled data.
+    """Held-out embedding quality.
 
-    Positive pairs are each sentence and a copy with `drop_frac` of its tokens deleted (a
+    Positive pairs are the batch's given pairs (input_ids_b, as PairBatches makes them) or, for
+    plain sentences, each sentence and a copy with `drop_frac` of its tokens deleted (a
     perturbation never seen in training; eval mode, so no dropout). Reports alignment over those
-    pairs, uniformity over the sentences, and retrieval accuracy: how often the perturbed copy's
-    nearest neighbour among the batch's sentences is its own original, and val_loss: InfoNCE
-    (temperature 0.05) of the perturbed copies against the originals.
+    pairs, uniformity over the sentences, and retrieval accuracy: how often the positive's
+    nearest neighbour among the batch's sentences is its own anchor, and val_loss: InfoNCE
+    (temperature 0.05) of the positives against the anchors.
     """
     was = model.training
     model.eval()
@@ -201,7 +202,10 @@ def contrastive_metrics(model: nn.Module, batches: Sequence[dict[str, Tensor]], 
     try:
         for batch in batches:
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            views = _drop_tokens(ids, mask, drop_frac, rng)
+            if "input_ids_b" in batch:
+                views = {"input_ids": batch["input_ids_b"], "attention_mask": batch["attention_mask_b"]}
+            else:
+                views = _drop_tokens(ids, mask, drop_frac, rng)
             a = encode(model, ids.to(device), mask.to(device), pooling)
             b = encode(model, views["input_ids"].to(device), views["attention_mask"].to(device), pooling)
             align_sum += float(alignment(a, b))
