@@ -14,6 +14,7 @@ from fromzero.errors import FromzeroError  # noqa: E402
 from fromzero.model.config import ModelConfig  # noqa: E402
 from fromzero.model.decoder import DecoderLM  # noqa: E402
 from fromzero.model.encoder import EncoderConfig, EncoderModel, save_encoder  # noqa: E402
+from fromzero.finetune import load_backbone  # noqa: E402
 from fromzero.model.encoder_decoder import EncoderDecoderLM, T5Config  # noqa: E402
 from fromzero.model.io import save_model  # noqa: E402
 from fromzero.train.checkpoint import save_weights  # noqa: E402
@@ -45,8 +46,11 @@ def hf_model(kind: str) -> torch.nn.Module:
         model = transformers.BertForMaskedLM(transformers.BertConfig(
             vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=32))
-    else:
-        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+    else:  # t5, mt5
+        config = transformers.MT5Config if kind == "mt5" else transformers.T5Config
+        model_class = transformers.MT5ForConditionalGeneration if kind == "mt5" else \
+            transformers.T5ForConditionalGeneration
+        model = model_class(config(
             vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
             dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
     with torch.no_grad():
@@ -72,7 +76,7 @@ def logits_pair(kind: str, hf: torch.nn.Module, ours: torch.nn.Module) -> tuple[
 
 
 @pytest.mark.parametrize("kind, cls", [("gpt2", DecoderLM), ("llama", DecoderLM), ("bert", EncoderModel),
-                                       ("t5", EncoderDecoderLM)])
+                                       ("t5", EncoderDecoderLM), ("mt5", EncoderDecoderLM)])
 def test_hugging_face_folders_load_as_the_right_class_with_same_logits(tmp_path, kind, cls):
     hf = hf_model(kind)
     hf.save_pretrained(tmp_path)
@@ -85,6 +89,8 @@ def test_hugging_face_folders_load_as_the_right_class_with_same_logits(tmp_path,
     assert not ours.training  # eval mode, as transformers' from_pretrained
     got, ref = logits_pair(kind, hf, ours)
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    if kind != "bert":  # fine-tuning's loader agrees (it once sent mT5 folders to the decoder loader)
+        assert type(load_backbone(tmp_path)) is cls
 
 
 def test_fromzero_folders_round_trip(tmp_path):

@@ -164,6 +164,11 @@ def test_bad_hf_folders_name_the_problem(tmp_path):
     save_file({**state, key: state[key][:100].contiguous()}, str(path))
     with pytest.raises(FromzeroError, match=r"bert\.encoder\.layer\.1\.intermediate\.dense\.weight"):
         load_hf_bert(tmp_path / "hf")
+    key = "encoder.layer.0.attention.self.key.weight"  # a wrong input width used to crash in torch.cat
+    save_file({**state, key: state[key][:, :40].contiguous()}, str(path))
+    with pytest.raises(FromzeroError, match=r"'bert\.encoder\.layer\.0\.attention\.self\.key\.weight' has shape "
+                                            r"\(64, 40\) but config.json implies \(64, 64\)"):
+        load_hf_bert(tmp_path / "hf")
     save_file({**state, "encoder.layer.0.attention.self.rel_bias": torch.zeros(3)}, str(path))
     with pytest.raises(FromzeroError, match="rel_bias"):
         load_hf_bert(tmp_path / "hf")

@@ -140,10 +140,10 @@ def load_backbone(path: str | Path) -> nn.Module:
         from fromzero.model.encoder import load_encoder
 
         return load_encoder(path)
-    if model_type == "t5" or (model_type is None and "d_kv" in data):
-        from fromzero.model.hf_t5 import load_seq2seq_model
+    from fromzero.model import hf_t5
 
-        return load_seq2seq_model(path)
+    if model_type in hf_t5.SUPPORTED or (model_type is None and "d_kv" in data):
+        return hf_t5.load_seq2seq_model(path)
     from fromzero.model.io import load_model
 
     return load_model(path)

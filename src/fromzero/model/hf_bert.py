@@ -147,6 +147,10 @@ def state_from_hf(state: dict[str, torch.Tensor], cfg: EncoderConfig, source: st
                 if key not in state:
                     raise FromzeroError(f"{source}: tensor '{key}' is missing; the file is not a complete BERT "
                                         "checkpoint")
+                want = (cfg.d_model, cfg.d_model)[: 2 if p == "weight" else 1]
+                if tuple(state[key].shape) != want:  # checked here: torch.cat would fail with no name
+                    raise FromzeroError(f"{source}: tensor '{key}' has shape {tuple(state[key].shape)} but config.json "
+                                        f"implies {want}; the weights and config.json do not match")
                 parts.append(state.pop(key))
             out[f"blocks.{i}.attn.qkv.{p}"] = torch.cat(parts, dim=0)
     leftover = sorted(k for k in state if not k.startswith(TASK_HEADS))
