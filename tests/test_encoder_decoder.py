@@ -186,6 +186,10 @@ def test_unsupported_and_mismatched_checkpoints_name_the_problem(tmp_path):
     with pytest.raises(FromzeroError, match="gated-silu"):
         load_hf_t5(tmp_path)
 
+    (tmp_path / "config.json").write_text(json.dumps(config)[:-5])  # truncated, e.g. an interrupted download
+    with pytest.raises(FromzeroError, match="config.json is not valid JSON"):
+        load_seq2seq_model(tmp_path)
+
     (tmp_path / "config.json").write_text(json.dumps({**config, "d_ff": 128}))
     with pytest.raises(FromzeroError, match=r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight.*shape"):
         load_hf_t5(tmp_path)

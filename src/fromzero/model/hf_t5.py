@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from fromzero.config import build
 from fromzero.errors import FromzeroError
 from fromzero.model.encoder_decoder import EncoderDecoderLM, T5Config
-from fromzero.model.io import read_safetensors
+from fromzero.model.io import read_config, read_safetensors
 
 SUPPORTED = ("t5", "mt5")
 # transformers writes these (or older versions did); they duplicate `shared` or are never used
@@ -161,9 +161,7 @@ def load_hf_t5(dir: str | Path, map_location: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> EncoderDecoderLM:
     """EncoderDecoderLM from a local Hugging Face T5 folder (config.json + safetensors)."""
     dir = Path(dir)
-    if not (dir / "config.json").is_file():
-        raise FromzeroError(f"{dir / 'config.json'} not found; point to a Hugging Face T5 model folder")
-    hf_cfg = json.loads((dir / "config.json").read_text(encoding="utf-8"))
+    hf_cfg = read_config(dir)
     cfg = config_from_hf(hf_cfg, where=str(dir / "config.json"))
     tensors = _read_weights(dir)
     head = tensors.get("lm_head.weight")
@@ -235,13 +233,10 @@ def load_seq2seq_model(dir: str | Path, map_location: str | torch.device = "cpu"
     from fromzero.train.checkpoint import load_weights
 
     dir = Path(dir)
-    path = dir / "config.json"
-    if not path.is_file():
-        raise FromzeroError(f"{path} not found; point to a model folder (config.json + model.safetensors)")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_config(dir)
     if data.get("model_type") is not None:
         return load_hf_t5(dir, map_location=map_location)
-    cfg = build(T5Config, data, where=str(path))
+    cfg = build(T5Config, data, where=str(dir / "config.json"))
     model = EncoderDecoderLM.empty(cfg, device=map_location)
     load_weights(model, dir)
     return model
