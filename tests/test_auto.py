@@ -23,15 +23,6 @@ V = 97
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and don't slow to a crawl when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def hf_model(kind: str) -> torch.nn.Module:
     """A tiny random transformers model; weights perturbed so norms and biases are not trivially 1 / 0."""
     torch.manual_seed(0)
@@ -127,3 +118,16 @@ def test_unknown_or_missing_config_is_one_clear_error(tmp_path):
         fromzero.from_pretrained(tmp_path)
     with pytest.raises(FromzeroError, match="not found"):
         fromzero.from_pretrained(tmp_path / "missing")
+
+
+def test_untied_mt5_like_google_checkpoints(tmp_path):
+    # google/mt5-* files hold their own lm_head and say tie_word_embeddings: false; no output rescaling
+    hf = hf_model("mt5")
+    hf.lm_head.weight = torch.nn.Parameter(torch.randn(V, 32, generator=torch.Generator().manual_seed(2)) * 0.2)
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    ours = fromzero.from_pretrained(tmp_path)
+    assert not ours.config.tie_embeddings and not ours.config.scales_logits
+    got, ref = logits_pair("mt5", hf, ours)
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)

@@ -16,16 +16,6 @@ transformers = pytest.importorskip("transformers")
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine the threads' barriers
-    make every small op wait for a time slice: one thread keeps these tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**kw) -> EncoderModel:
     torch.manual_seed(0)
     cfg = dict(vocab_size=97, n_layer=2, n_head=4, d_model=64, max_seq_len=32, dropout=0.0)

@@ -20,14 +20,6 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 V = 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and don't slow to a crawl when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 VARIANTS = {  # T5 v1.0: relu, tied, scaled output; T5 v1.1: gated-gelu, separate lm_head, unscaled
     "v1.0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
     "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),

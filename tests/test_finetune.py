@@ -30,14 +30,6 @@ from fromzero.tasks.kinds import bmes_as_entities
 from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     """A small BPE trained on real review and People's Daily text (rare characters become byte pieces)."""

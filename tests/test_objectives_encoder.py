@@ -29,16 +29,6 @@ from fromzero.objectives.rtd import ElectraModel, corrupt, evaluate_rtd, replace
 from fromzero.tokenizer import TokenizerConfig, train_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine the threads' barriers
-    make every small op wait for a time slice: one thread keeps these tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     from fromzero.data.sources import iter_texts
@@ -341,7 +331,8 @@ def test_pair_sources_and_their_errors(tmp_path):
     assert list(iter_pairs(table)) == [("x", "y", None)]
     for name, body, message in [("half.jsonl", '{"text": "a"}\n', "line 1 has no text in positive"),
                                 ("broken.jsonl", "{oops\n", "line 1 is not valid JSON"),
-                                ("empty.csv", "text,positive\nx,\n", "line 2 has no text in positive")]:
+                                ("empty.csv", "text,positive\nx,\n", "line 2 has no text in positive"),
+                                ("number.jsonl", '{"text": "a", "positive": "b", "negative": 3}\n', "must be a string")]:
         (tmp_path / name).write_text(body, encoding="utf-8")
         with pytest.raises(FromzeroError, match=message):
             list(iter_pairs(tmp_path / name))
@@ -349,11 +340,17 @@ def test_pair_sources_and_their_errors(tmp_path):
         iter_pairs(tmp_path / "missing.jsonl")
     with pytest.raises(FromzeroError, match="chat_zh"):
         iter_pairs("people_daily")
+    with pytest.raises(FromzeroError, match="1 of 2 text pairs have a \"negative\""):
+        build_pair_corpus([str(jsonl)], train_tokenizer(["abcde"], TokenizerConfig(kind="wordpiece", vocab_size=50),
+                                                        show_progress=False))
 
 
 def test_pair_batches_rows_are_given_pairs_split_across_ranks(tok):
     corpus = build_pair_corpus(["chat_zh"], tok)
     assert corpus.negatives is None and len(corpus) > 400
+    train, val = corpus.split(0.1, seed=0)
+    assert len(train) + len(val) == len(corpus) and 0.1 <= len(val) / len(corpus) < 0.12
+    assert not set(train.groups.tolist()) & set(val.groups.tolist())  # a dialog's turns stay on one side
     known = {(tuple(a[:22].tolist()), tuple(p[:22].tolist())) for a, p in zip(corpus.anchors, corpus.positives)}
     batch = PairBatches(corpus, tok, 16, 24, seed=3).batch(5)
     assert set(batch) == {"input_ids", "attention_mask", "input_ids_b", "attention_mask_b"}
@@ -366,10 +363,12 @@ def test_pair_batches_rows_are_given_pairs_split_across_ranks(tok):
     anchors, positives = rows(batch["input_ids"], batch["attention_mask"]), rows(batch["input_ids_b"],
                                                                                   batch["attention_mask_b"])
     assert all(pair in known for pair in zip(anchors, positives))  # row i of both halves is one given pair
+    # no repeated text on either side, although chat_zh has 47 replies to one message ("玩笑")
+    assert len(set(anchors)) == len(set(positives)) == 16 and corpus.max_batch() < len(corpus)
     torch.testing.assert_close(PairBatches(corpus, tok, 16, 24, seed=3).batch(5), batch)
     halves = [PairBatches(corpus, tok, 8, 24, seed=3, rank=r, world_size=2).batch(5) for r in (0, 1)]
     assert torch.cat([h["input_ids_b"][:, :4] for h in halves]).tolist() == batch["input_ids_b"][:, :4].tolist()
-    with pytest.raises(FromzeroError, match="3 text pairs cannot fill a batch of 4"):
+    with pytest.raises(FromzeroError, match="3 text pairs .* cannot fill a batch of 4"):
         PairBatches(corpus.subset(np.arange(3)), tok, 4, 24)
 
 
@@ -387,7 +386,7 @@ def test_supervised_simcse_learns_held_out_reply_retrieval(tmp_path):
     })
     summary = run_encoder_pretrain(cfg)
     before, after = summary["metrics_before_training"], summary["metrics"]
-    # replies never trained on: is its own message the nearest of the 32 in the batch? (chance 1/32)
+    # replies of dialogs held out of training: is its own message the nearest of the 32? (chance 1/32)
     assert after["retrieval_accuracy"] > before["retrieval_accuracy"] + 0.05, (before, after)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["event"] == "train"]

@@ -24,15 +24,6 @@ from fromzero.pretrain_seq2seq import Seq2SeqPretrainConfig, run_seq2seq_pretrai
 from fromzero.tokenizer import TokenizerConfig, train_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and don't slow to a crawl when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus():
     texts = list(itertools.islice(iter_texts("people_daily"), 2000))

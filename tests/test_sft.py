@@ -24,14 +24,6 @@ CONVERSATION = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     texts = [m["content"] for e in load_task_data("chat_zh", "train") for m in e.messages]

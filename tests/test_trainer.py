@@ -121,15 +121,6 @@ def train_losses(metrics_path):
     return {r["step"]: r["loss"] for r in read_metrics(metrics_path) if r["event"] == "train"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls run fastest on one thread (and do not fight other jobs for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------- tests
 
 def test_loss_goes_down_and_artifacts_are_written(tmp_path):

@@ -121,32 +121,20 @@ class FinetuneConfig:
 
 def load_backbone(path: str | Path) -> nn.Module:
     """A pretrained model from its folder: fromzero decoder / encoder / T5, or a Hugging Face folder."""
+    from fromzero.model.auto import loader_for
+    from fromzero.model.io import read_config
+
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
+    if not (path / "config.json").is_file():
         hint = " (run `fromzero quickstart` first, or set model: scratch)" if str(path) == DEFAULT_MODEL else ""
         raise FromzeroError(f"no pretrained model at {path}: it needs config.json + model.safetensors + "
                             f"tokenizer.json{hint}")
-    try:
-        data = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FromzeroError(f"{cfg_file} is not valid JSON ({e}); re-save the model") from None
-    model_type = data.get("model_type")
-    if model_type is None and "type_vocab_size" in data:  # a Trainer checkpoint of an encoder objective
+    data = read_config(path)
+    if data.get("model_type") is None and "type_vocab_size" in data:  # a Trainer checkpoint of an encoder objective
         export = path.parent.parent / "encoder"
         raise FromzeroError(f"{path} is a training checkpoint of an encoder pretraining run; fine-tune the encoder "
                             f"it exported instead: model={export}")
-    if model_type in ("fromzero-encoder", "bert"):
-        from fromzero.model.encoder import load_encoder
-
-        return load_encoder(path)
-    from fromzero.model import hf_t5
-
-    if model_type in hf_t5.SUPPORTED or (model_type is None and "d_kv" in data):
-        return hf_t5.load_seq2seq_model(path)
-    from fromzero.model.io import load_model
-
-    return load_model(path)
+    return loader_for(path)(path)
 
 
 def with_dropout(backbone: nn.Module, p: float) -> nn.Module:

@@ -185,7 +185,7 @@ def build_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: SentenceCo
     if cfg.objective == "simcse":
         return SentenceBatches(corpus, tok, B, sent_len, "sentence", **common)
     if cfg.objective == "simcse_sup":
-        return PairBatches(corpus, tok, min(B, len(corpus)), sent_len, **common)
+        return PairBatches(corpus, tok, B, sent_len, **common)
     return MixtureBatches({"mlm": SentenceBatches(corpus, tok, B, max_len, "packed", masker, **common),
                            "simcse": SentenceBatches(corpus, tok, B, sent_len, "sentence", **common)})
 
@@ -232,13 +232,12 @@ def held_out_metrics(cfg: EncoderPretrainConfig, model: torch.nn.Module, tok: To
 
 def _pair_eval_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, val: PairCorpus, max_len: int,
                        n: int) -> list[dict[str, torch.Tensor]]:
-    """Up to n held-out batches of distinct pairs; a small validation set is one batch of all its pairs."""
-    B = min(cfg.train.batch_size, len(val))
+    """n held-out batches, each as many pairs with distinct texts as train.batch_size or the split allow."""
+    B = min(cfg.train.batch_size, val.max_batch())
     if B < 2:
-        raise FromzeroError(f"the validation split has {len(val)} text pair(s); contrastive metrics need at least 2: "
-                            "raise data.val_fraction or add pairs")
-    batches = PairBatches(val, tok, B, min(cfg.data.sentence_max_len, max_len), seed=cfg.train.seed + 1_000_003)
-    return batches.fixed(1 if B == len(val) else n)
+        raise FromzeroError(f"the validation split has {len(val)} text pair(s) ({val.max_batch()} with distinct "
+                            "texts); contrastive metrics need at least 2: raise data.val_fraction or add pairs")
+    return PairBatches(val, tok, B, min(cfg.data.sentence_max_len, max_len), seed=cfg.train.seed + 1_000_003).fixed(n)
 
 
 def review_probe(model: torch.nn.Module, tok: Tokenizer, pooling: str, n: int = 2000, seed: int = 0) -> float:

@@ -81,15 +81,17 @@ class TokenBatches:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue with the batch right after the last one drawn before the state was saved."""
-        mine = self.state_dict()
-        changed = [k for k in ("seed", "global_batch", "seq_len", "n_tokens") if k in state and state[k] != mine[k]]
-        if changed:
-            warnings.warn(
-                f"resuming data with different {', '.join(changed)} than the checkpoint: batches will not "
-                "continue the original sequence exactly",
-                stacklevel=2,
-            )
-        self.step = int(state["step"])
+        self.step = resume_step(state, self.state_dict())
+
+
+def resume_step(saved: dict, mine: dict) -> int:
+    """The step to continue from; warns when what defines the batch sequence (seed, global batch,
+    data size, ...: every key of `mine` but step) differs from the checkpoint's."""
+    changed = [k for k in mine if k != "step" and k in saved and saved[k] != mine[k]]
+    if changed:
+        warnings.warn(f"resuming data with different {', '.join(changed)} than the checkpoint: batches will not "
+                      "continue the original sequence exactly", stacklevel=3)
+    return int(saved["step"])
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None) -> list[Batch]:

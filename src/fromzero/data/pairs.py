@@ -6,8 +6,11 @@ batch are the anchor's negatives. Sources:
     chat_zh, chat_en   built-in dialogs (chatterbot-corpus): each turn and the reply that follows it
     .jsonl / .csv      the user's pairs: fields "text" and "positive", optionally "negative"
 
-`PairBatches` works like `SentenceBatches`: the batch of step s is a pure function of (seed, s), and
-one global batch never holds the same pair twice (a duplicate would be its own false negative).
+`PairBatches` works like `SentenceBatches`: the batch of step s is a pure function of (seed, s). One
+global batch never holds the same anchor text or the same positive text twice: in-batch negatives
+with the same text as the positive would be false negatives (chat_zh alone has 47 replies to "玩笑").
+The validation split keeps whole dialogs out, because a middle turn is one pair's positive and the
+next pair's anchor.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fromzero.data.loader import resume_step
 from fromzero.errors import FromzeroError
 
 Pair = tuple[str, str, str | None]
@@ -30,19 +34,25 @@ FIELDS = ("text", "positive", "negative")
 
 def iter_pairs(source: str | os.PathLike) -> Iterator[Pair]:
     """(anchor, positive, negative or None) from a built-in dialog corpus or a .jsonl/.csv file."""
+    return (pair for group in iter_pair_groups(source) for pair in group)
+
+
+def iter_pair_groups(source: str | os.PathLike) -> Iterator[list[Pair]]:
+    """The pairs of each dialog (built-in corpora), or each row alone (files): what a split keeps together."""
     name = str(source)
     if name in ("chat_zh", "chat_en"):
         from fromzero.data.sources import iter_conversations
 
-        return ((a, b, None) for turns in iter_conversations(name[-2:]) for a, b in zip(turns, turns[1:])
-                if a.strip() and b.strip())
+        dialogs = ([(a, b, None) for a, b in zip(turns, turns[1:]) if a.strip() and b.strip()]
+                   for turns in iter_conversations(name[-2:]))
+        return (d for d in dialogs if d)
     path = Path(source)
     if path.suffix.lower() not in (".jsonl", ".csv"):
         raise FromzeroError(f"pair source '{name}' is neither a built-in dialog corpus (chat_zh, chat_en) nor a "
                             ".jsonl/.csv file with \"text\" and \"positive\" fields")
     if not path.is_file():
         raise FromzeroError(f"pair file not found: {path} (check the path; it is relative to {Path.cwd()})")
-    return _iter_pair_file(path)
+    return ([pair] for pair in _iter_pair_file(path))
 
 
 def _iter_pair_file(path: Path) -> Iterator[Pair]:
@@ -56,7 +66,10 @@ def _iter_pair_file(path: Path) -> Iterator[Pair]:
             if missing:
                 raise FromzeroError(f"{path} line {i} has no text in {' and '.join(missing)}: every row needs "
                                     "\"text\" and \"positive\" (and may have \"negative\")")
-            yield row["text"], row["positive"], row.get("negative") or None
+            negative = row.get("negative") or None
+            if negative is not None and not isinstance(negative, str):
+                raise FromzeroError(f"{path} line {i}: \"negative\" must be a string, got {type(negative).__name__}")
+            yield row["text"], row["positive"], negative
 
 
 def _json_line(path: Path, i: int, line: str) -> dict:
@@ -72,11 +85,12 @@ def _json_line(path: Path, i: int, line: str) -> dict:
 
 @dataclass
 class PairCorpus:
-    """Tokenized pairs (token ids without [CLS]/[SEP]); `negatives` is None unless every pair has one."""
+    """Tokenized pairs (token ids without [CLS]/[SEP]); `groups` numbers the dialog each pair comes from."""
 
     anchors: list[np.ndarray]
     positives: list[np.ndarray]
-    negatives: list[np.ndarray] | None = None
+    negatives: list[np.ndarray] | None
+    groups: np.ndarray
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -85,6 +99,10 @@ class PairCorpus:
     def n_docs(self) -> int:
         return len(self)
 
+    def max_batch(self) -> int:
+        """The most pairs one batch can hold without repeating an anchor or a positive text."""
+        return min(len(set(_text_ids(self.anchors).tolist())), len(set(_text_ids(self.positives).tolist())))
+
     @property
     def tokens(self) -> np.ndarray:
         """All token ids, flat (for counts)."""
@@ -92,29 +110,40 @@ class PairCorpus:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def subset(self, idx: np.ndarray) -> PairCorpus:
-        pick = (lambda xs: [xs[i] for i in idx])
+        def pick(rows: list[np.ndarray]) -> list[np.ndarray]:
+            return [rows[i] for i in idx]
+
         return PairCorpus(pick(self.anchors), pick(self.positives),
-                          None if self.negatives is None else pick(self.negatives))
+                          None if self.negatives is None else pick(self.negatives), self.groups[idx])
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[PairCorpus, PairCorpus]:
-        """(train, val) by a seeded shuffle of the pairs; val gets at least one pair when asked for any."""
-        order = np.random.default_rng(seed).permutation(len(self))
-        n_val = min(max(1, round(len(self) * val_fraction)), len(self) - 1) if val_fraction > 0 else 0
-        return self.subset(np.sort(order[n_val:])), self.subset(np.sort(order[:n_val]))
+        """(train, val): whole groups, in a seeded order, go to val until it holds val_fraction of the pairs."""
+        groups = np.unique(self.groups)
+        order = np.random.default_rng(seed).permutation(groups)
+        sizes = np.bincount(np.searchsorted(groups, self.groups))[np.searchsorted(groups, order)]
+        n_val = int(np.searchsorted(np.cumsum(sizes), len(self) * val_fraction)) + 1 if val_fraction > 0 else 0
+        n_val = min(n_val, len(groups) - 1)
+        val = np.isin(self.groups, order[:n_val])
+        return self.subset(np.flatnonzero(~val)), self.subset(np.flatnonzero(val))
 
 
 def build_pair_corpus(sources: list[str], tokenizer) -> PairCorpus:
-    """Read and tokenize the pairs of every source; negatives are kept only if every pair has one."""
-    pairs = [p for src in sources for p in iter_pairs(src)]
+    """Read and tokenize the pairs of every source (hard negatives: in every pair or in none)."""
+    groups = [g for src in sources for g in iter_pair_groups(src)]
+    pairs = [p for g in groups for p in g]
     if not pairs:
         raise FromzeroError(f"no text pairs in {', '.join(sources)}: add rows with \"text\" and \"positive\"")
+    with_neg = sum(p[2] is not None for p in pairs)
+    if 0 < with_neg < len(pairs):
+        raise FromzeroError(f"{with_neg} of {len(pairs)} text pairs have a \"negative\": give every pair a hard "
+                            "negative or none, so that every batch has the same columns")
 
     def encode(texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_batch(texts)]
 
-    with_neg = all(p[2] is not None for p in pairs)
     return PairCorpus(encode([p[0] for p in pairs]), encode([p[1] for p in pairs]),
-                      encode([p[2] for p in pairs]) if with_neg else None)
+                      encode([p[2] for p in pairs]) if with_neg else None,
+                      np.repeat(np.arange(len(groups)), [len(g) for g in groups]))
 
 
 class PairBatches:
@@ -126,9 +155,13 @@ class PairBatches:
         if batch_size < 2:
             raise FromzeroError(f"contrastive batches need batch_size >= 2 (the other pairs are the negatives), "
                                 f"got {batch_size}")
-        if len(corpus) < batch_size * world_size:
-            raise FromzeroError(f"{len(corpus)} text pairs cannot fill a batch of {batch_size * world_size} distinct "
-                                "pairs: lower train.batch_size or add pairs")
+        need = batch_size * world_size
+        if corpus.max_batch() < need:
+            raise FromzeroError(f"{len(corpus)} text pairs ({corpus.max_batch()} distinct texts on one side) cannot "
+                                f"fill a batch of {need} pairs with distinct texts ({batch_size} per process x "
+                                f"{world_size}): lower train.batch_size or add pairs")
+        # pairs with the same anchor (or positive) text share an id
+        self.anchor_text, self.positive_text = _text_ids(corpus.anchors), _text_ids(corpus.positives)
         self.corpus, self.batch_size, self.max_len = corpus, batch_size, max_len
         self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -142,11 +175,27 @@ class PairBatches:
             ids[i, : len(r)], mask[i, : len(r)] = r, 1
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
+    def _draw(self, step: int) -> list[int]:
+        """Pairs of the global batch: a seeded shuffle, skipping pairs whose anchor or positive text is
+        already in the batch (so a batch can come out smaller when nearly all pairs share texts)."""
+        need, drawn = self.batch_size * self.world_size, []
+        seen_anchor, seen_positive = set(), set()
+        for i in np.random.default_rng([self.seed, step]).permutation(len(self.corpus)).tolist():
+            a, p = int(self.anchor_text[i]), int(self.positive_text[i])
+            if a not in seen_anchor and p not in seen_positive:
+                seen_anchor.add(a)
+                seen_positive.add(p)
+                drawn.append(i)
+                if len(drawn) == need:
+                    return drawn
+        return drawn  # the pairs repeat texts so much that this batch comes out smaller
+
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        """The batch of global step `step` for this rank: distinct pairs drawn without replacement."""
-        drawn = np.random.default_rng([self.seed, step]).choice(len(self.corpus), self.batch_size * self.world_size,
-                                                                replace=False)
-        mine = drawn[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        """The batch of global step `step` for this rank."""
+        mine = self._draw(step)[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        if len(mine) < 2:
+            raise FromzeroError(f"step {step}: too few text pairs with distinct texts for this process's batch; "
+                                "lower train.batch_size or add pairs")
         c, out = self.corpus, {}
         parts = {"": c.anchors, "_b": c.positives, **({"_neg": c.negatives} if c.negatives is not None else {})}
         for suffix, rows in parts.items():
@@ -160,11 +209,19 @@ class PairBatches:
             yield batch
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "global_batch": self.batch_size * self.world_size}
+        return {"step": self.step, "seed": self.seed, "global_batch": self.batch_size * self.world_size,
+                "max_len": self.max_len, "n_pairs": len(self.corpus)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+        """Continue with the batch right after the last one drawn before the state was saved."""
+        self.step = resume_step(state, self.state_dict())
 
     def fixed(self, n: int) -> list[dict[str, torch.Tensor]]:
         """n fixed batches (steps 0..n-1), e.g. for validation."""
         return [self.batch(i) for i in range(n)]
+
+
+def _text_ids(rows: list[np.ndarray]) -> np.ndarray:
+    """One id per distinct token sequence (0, 1, ... in order of first appearance)."""
+    ids: dict[bytes, int] = {}
+    return np.array([ids.setdefault(r.tobytes(), len(ids)) for r in rows], dtype=np.int64)

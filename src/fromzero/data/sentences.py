@@ -21,7 +21,6 @@ seeded generator, so masks are reproducible too.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fromzero.data.loader import resume_step
 from fromzero.data.sources import iter_texts, people_daily_words
 from fromzero.errors import FromzeroError
 
@@ -293,13 +293,7 @@ class SentenceBatches:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue with the batch right after the last one drawn before the state was saved."""
-        mine = self.state_dict()
-        keys = ("seed", "global_batch", "max_len", "mode", "n_tokens")
-        changed = [k for k in keys if k in state and state[k] != mine[k]]
-        if changed:
-            warnings.warn(f"resuming data with different {', '.join(changed)} than the checkpoint: batches will "
-                          "not continue the original sequence exactly", stacklevel=2)
-        self.step = int(state["step"])
+        self.step = resume_step(state, self.state_dict())
 
     def fixed(self, n: int) -> list[dict[str, torch.Tensor]]:
         """n fixed batches (steps 0..n-1), e.g. for validation: the same on every call."""

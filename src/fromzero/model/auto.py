@@ -38,10 +38,11 @@ def from_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
 
     Returned in eval mode, as transformers does (dropout off); call .train() before fine-tuning.
     """
-    return _loader_for(Path(path))(path, map_location=map_location).eval()
+    return loader_for(Path(path))(path, map_location=map_location).eval()
 
 
-def _loader_for(path: Path) -> Callable[..., nn.Module]:
+def loader_for(path: Path) -> Callable[..., nn.Module]:
+    """The family loader for a model folder, chosen from its config.json (one clear error if none fits)."""
     supported = (f"Hugging Face {', '.join(t for t in LOADERS if not t.startswith('fromzero'))} folders, "
                  "and folders saved by fromzero (save_model, save_encoder, training checkpoints)")
     if not path.is_dir():

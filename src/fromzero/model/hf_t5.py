@@ -45,7 +45,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> T5Config:
     if ff not in ("relu", "gated-gelu"):
         raise FromzeroError(f"{where}: feed_forward_proj {ff!r} is not supported; fromzero's T5 has relu (v1.0) "
                             "and gated-gelu (v1.1)")
-    # transformers 5's MT5 never rescales (its files may still say tie_word_embeddings: true)
+    # transformers 5's MT5 never rescales, even where its own files say tie_word_embeddings: true
+    # (transformers 4 rescaled those; real mT5 checkpoints are untied, and both versions agree on them)
     scale = model_type == "t5" and hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
     eos = hf.get("eos_token_id", 1)
     if isinstance(eos, list):
