@@ -33,7 +33,42 @@ def _check_size(tokens: np.ndarray, seq_len: int, what: str) -> None:
         )
 
 
-class TokenBatches:
+class StepBatches:
+    """What every batch source whose batch of step s is a pure function of (seed, s) shares:
+    endless iteration from `self.step`, resuming by that one integer, and fixed validation batches.
+    A subclass sets self.step = 0 and defines batch(step) and state_dict() (step + whatever
+    defines the sequence: seed, global batch, data size, ...)."""
+
+    step: int
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            batch = self.batch(self.step)
+            self.step += 1
+            yield batch
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue with the batch right after the last one drawn before the state was saved; warn
+        when what defines the sequence differs from the checkpoint's."""
+        mine = self.state_dict()
+        changed = [k for k in mine if k != "step" and k in state and state[k] != mine[k]]
+        if changed:
+            warnings.warn(f"resuming data with different {', '.join(changed)} than the checkpoint: batches will not "
+                          "continue the original sequence exactly", stacklevel=2)
+        self.step = int(state["step"])
+
+    def fixed(self, n: int) -> list[dict[str, torch.Tensor]]:
+        """n fixed batches (steps 0..n-1), e.g. for validation: the same on every call."""
+        return [self.batch(i) for i in range(n)]
+
+
+class TokenBatches(StepBatches):
     """Endless random windows: dict(input_ids=[B,T], labels=[B,T]) as int64 tensors.
 
     batch_size is per rank; rank r takes rows [r*B, (r+1)*B) of the global batch of B*world_size
@@ -64,12 +99,6 @@ class TokenBatches:
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return _windows(self.tokens, mine, self.seq_len)
 
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            batch = self.batch(self.step)
-            self.step += 1
-            yield batch
-
     def state_dict(self) -> dict:
         return {
             "step": self.step,
@@ -79,19 +108,6 @@ class TokenBatches:
             "n_tokens": len(self.tokens),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue with the batch right after the last one drawn before the state was saved."""
-        self.step = resume_step(state, self.state_dict())
-
-
-def resume_step(saved: dict, mine: dict) -> int:
-    """The step to continue from; warns when what defines the batch sequence (seed, global batch,
-    data size, ...: every key of `mine` but step) differs from the checkpoint's."""
-    changed = [k for k in mine if k != "step" and k in saved and saved[k] != mine[k]]
-    if changed:
-        warnings.warn(f"resuming data with different {', '.join(changed)} than the checkpoint: batches will not "
-                      "continue the original sequence exactly", stacklevel=3)
-    return int(saved["step"])
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None) -> list[Batch]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fromzero.data.loader import resume_step
+from fromzero.data.loader import StepBatches
 from fromzero.errors import FromzeroError
 
 Pair = tuple[str, str, str | None]
@@ -146,7 +146,7 @@ def build_pair_corpus(sources: list[str], tokenizer) -> PairCorpus:
                       np.repeat(np.arange(len(groups)), [len(g) for g in groups]))
 
 
-class PairBatches:
+class PairBatches(StepBatches):
     """Endless batches of [CLS] text [SEP] rows: input_ids/attention_mask (anchors), input_ids_b/
     attention_mask_b (positives), and input_ids_neg/attention_mask_neg when the corpus has negatives."""
 
@@ -202,23 +202,10 @@ class PairBatches:
             out[f"input_ids{suffix}"], out[f"attention_mask{suffix}"] = self._pad([rows[i] for i in mine])
         return out
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            batch = self.batch(self.step)
-            self.step += 1
-            yield batch
-
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "global_batch": self.batch_size * self.world_size,
                 "max_len": self.max_len, "n_pairs": len(self.corpus)}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue with the batch right after the last one drawn before the state was saved."""
-        self.step = resume_step(state, self.state_dict())
-
-    def fixed(self, n: int) -> list[dict[str, torch.Tensor]]:
-        """n fixed batches (steps 0..n-1), e.g. for validation."""
-        return [self.batch(i) for i in range(n)]
 
 
 def _text_ids(rows: list[np.ndarray]) -> np.ndarray:

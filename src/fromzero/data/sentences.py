@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fromzero.data.loader import resume_step
+from fromzero.data.loader import StepBatches
 from fromzero.data.sources import iter_texts, people_daily_words
 from fromzero.errors import FromzeroError
 
@@ -152,7 +152,7 @@ def _people_daily_docs() -> Iterator[tuple[str, np.ndarray]]:
         yield "".join(pieces), np.repeat(np.arange(len(pieces)), lens)
 
 
-class SentenceBatches:
+class SentenceBatches(StepBatches):
     """Endless padded batches for encoder objectives; see the module docstring.
 
     Each batch: input_ids, attention_mask (1 = token, 0 = padding), token_type_ids, word_ids (word
@@ -281,23 +281,10 @@ class SentenceBatches:
             rows.append(row)
         return collate(rows, self.pad_id)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            batch = self.batch(self.step)
-            self.step += 1
-            yield batch
-
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "global_batch": self.batch_size * self.world_size,
                 "max_len": self.max_len, "mode": self.mode, "n_tokens": int(len(self.corpus.tokens))}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue with the batch right after the last one drawn before the state was saved."""
-        self.step = resume_step(state, self.state_dict())
-
-    def fixed(self, n: int) -> list[dict[str, torch.Tensor]]:
-        """n fixed batches (steps 0..n-1), e.g. for validation: the same on every call."""
-        return [self.batch(i) for i in range(n)]
 
 
 def _truncate_pair(a: Segment, b: Segment, target: int) -> tuple[Segment, Segment]:

@@ -12,12 +12,12 @@ Each batch is padded to its longest row:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from fromzero.data.loader import StepBatches
 from fromzero.errors import FromzeroError
 
 Batch = dict[str, torch.Tensor]
@@ -48,7 +48,7 @@ def _check_size(tokens: np.ndarray, window: int, what: str) -> None:
                             "add more text or lower seq_len")
 
 
-class Seq2SeqBatches:
+class Seq2SeqBatches(StepBatches):
     """Endless random-window seq2seq batches; batch_size is per rank (rows r*B..(r+1)*B of each global batch)."""
 
     def __init__(self, tokens: np.ndarray, example_fn: ExampleFn, window: int, batch_size: int, seed: int = 0,
@@ -72,24 +72,9 @@ class Seq2SeqBatches:
                                     np.random.default_rng([self.seed, step, r])) for r in rows]
         return collate(examples, self.pad_id, self.decoder_start_id)
 
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            batch = self.batch(self.step)
-            self.step += 1
-            yield batch
-
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "global_batch": self.batch_size * self.world_size,
                 "window": self.window, "n_tokens": len(self.tokens)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue with the batch right after the last one drawn before the state was saved."""
-        mine = self.state_dict()
-        changed = [k for k in ("seed", "global_batch", "window", "n_tokens") if k in state and state[k] != mine[k]]
-        if changed:
-            warnings.warn(f"resuming data with different {', '.join(changed)} than the checkpoint: batches will "
-                          "not continue the original sequence exactly", stacklevel=2)
-        self.step = int(state["step"])
 
 
 def seq2seq_eval_batches(tokens: np.ndarray, example_fn: ExampleFn, window: int, batch_size: int,
