@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fromzero.cli import main
 from fromzero.data.sources import iter_texts
@@ -75,6 +76,23 @@ def test_pretrain_writes_artifacts_and_loss_falls(trained_run):
     evals = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(evals) >= 2 and evals[-1] < evals[0]
     assert list(trained_run.glob("*.png")), "loss curve PNG missing"
+
+
+def test_same_seed_same_run(trained_run, corpus, tmp_path):
+    """train.seed fixes the initial weights too (they were once drawn before the trainer seeded), so a
+    rerun reproduces the same model: the README's numbers come from a command, not from luck."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for i, name in enumerate(("a", "b")):
+        torch.manual_seed(100 + i)  # as two fresh processes would: the global RNG in different states
+        assert main(["pretrain", f"data.sources=[{corpus}]", f"data.cache_dir={trained_run / 'cache'}",
+                     f"tokenizer_path={trained_run / 'tokenizer.json'}", f"train.out_dir={tmp_path / name}",
+                     *TINY, "train.max_steps=2"]) == 0
+        weights.append(load_file(tmp_path / name / "checkpoints" / "last" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
 
 
 def test_resume_continues_to_new_max_steps(trained_run, corpus):

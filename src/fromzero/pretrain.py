@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
+import torch
+
 from fromzero.baselines import unigram_perplexity
 from fromzero.config import to_dict
 from fromzero.data.loader import TokenBatches, eval_batches
@@ -104,6 +106,7 @@ def _prepare_data(cfg: PretrainConfig, out_dir: Path, quiet: bool):
 def _train(cfg: PretrainConfig, dist: DistributedContext, tok: Tokenizer, train_tokens, val_tokens,
            resume: bool) -> dict[str, Any]:
     cfg.model.vocab_size = tok.vocab_size
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of what train.seed reproduces
     model = DecoderLM(cfg.model)
     seq_len = cfg.model.max_seq_len
     batches = TokenBatches(train_tokens, cfg.train.batch_size, seq_len, seed=cfg.train.seed,

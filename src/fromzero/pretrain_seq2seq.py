@@ -98,6 +98,7 @@ def _train(cfg: Seq2SeqPretrainConfig, dist: DistributedContext, tok: Tokenizer,
     cfg.model.vocab_size = tok.vocab_size
     cfg.model.pad_id = cfg.model.decoder_start_id = tok.pad_id
     cfg.model.eos_id = tok.eos_id
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of what train.seed reproduces
     model = EncoderDecoderLM(cfg.model)
     example_fn, window = example_builder(cfg, tok)
     ids = dict(pad_id=tok.pad_id, decoder_start_id=cfg.model.decoder_start_id)
