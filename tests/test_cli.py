@@ -44,8 +44,6 @@ def trained_run(corpus, tmp_path_factory) -> Path:
 def encoder_dir(tmp_path_factory) -> Path:
     """A tiny random encoder folder laid out like `fromzero pretrain` exports one (weights + tokenizer +
     embedding.json), with mean pooling recorded, so --pooling cls visibly overrides it."""
-    import torch
-
     from fromzero.model.encoder import EncoderConfig, EncoderModel, save_encoder
     from fromzero.tokenizer import TokenizerConfig, train_tokenizer
 

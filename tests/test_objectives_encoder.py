@@ -364,7 +364,7 @@ def test_pair_batches_rows_are_given_pairs_split_across_ranks(tok):
                                                                                   batch["attention_mask_b"])
     assert all(pair in known for pair in zip(anchors, positives))  # row i of both halves is one given pair
     # no repeated text on either side, although chat_zh has 47 replies to one message ("玩笑")
-    assert len(set(anchors)) == len(set(positives)) == 16 and corpus.max_batch() < len(corpus)
+    assert len(set(anchors)) == len(set(positives)) == 16 and corpus.max_batch < len(corpus)
     torch.testing.assert_close(PairBatches(corpus, tok, 16, 24, seed=3).batch(5), batch)
     halves = [PairBatches(corpus, tok, 8, 24, seed=3, rank=r, world_size=2).batch(5) for r in (0, 1)]
     assert torch.cat([h["input_ids_b"][:, :4] for h in halves]).tolist() == batch["input_ids_b"][:, :4].tolist()

@@ -233,9 +233,9 @@ def held_out_metrics(cfg: EncoderPretrainConfig, model: torch.nn.Module, tok: To
 def _pair_eval_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, val: PairCorpus, max_len: int,
                        n: int) -> list[dict[str, torch.Tensor]]:
     """n held-out batches, each as many pairs with distinct texts as train.batch_size or the split allow."""
-    B = min(cfg.train.batch_size, val.max_batch())
+    B = min(cfg.train.batch_size, val.max_batch)
     if B < 2:
-        raise FromzeroError(f"the validation split has {len(val)} text pair(s) ({val.max_batch()} with distinct "
+        raise FromzeroError(f"the validation split has {len(val)} text pair(s) ({val.max_batch} with distinct "
                             "texts); contrastive metrics need at least 2: raise data.val_fraction or add pairs")
     return PairBatches(val, tok, B, min(cfg.data.sentence_max_len, max_len), seed=cfg.train.seed + 1_000_003).fixed(n)
 

@@ -109,7 +109,6 @@ class TokenBatches(StepBatches):
         }
 
 
-
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None) -> list[Batch]:
     """Fixed evaluation batches: consecutive non-overlapping windows from the start of `tokens`,
     the same on every call, so validation losses are comparable across steps and runs."""

@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,17 @@ class PairCorpus:
     def n_docs(self) -> int:
         return len(self)
 
+    @cached_property
+    def text_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(anchor, positive) text ids: pairs with the same anchor (or positive) text share one."""
+        return _text_ids(self.anchors), _text_ids(self.positives)
+
+    @cached_property
     def max_batch(self) -> int:
         """The most pairs one batch can hold without repeating an anchor or a positive text."""
-        return min(len(set(_text_ids(self.anchors).tolist())), len(set(_text_ids(self.positives).tolist())))
+        return int(min(ids.max(initial=-1) for ids in self.text_ids)) + 1
 
-    @property
+    @cached_property
     def tokens(self) -> np.ndarray:
         """All token ids, flat (for counts)."""
         parts = [*self.anchors, *self.positives, *(self.negatives or [])]
@@ -156,12 +163,10 @@ class PairBatches(StepBatches):
             raise FromzeroError(f"contrastive batches need batch_size >= 2 (the other pairs are the negatives), "
                                 f"got {batch_size}")
         need = batch_size * world_size
-        if corpus.max_batch() < need:
-            raise FromzeroError(f"{len(corpus)} text pairs ({corpus.max_batch()} distinct texts on one side) cannot "
+        if corpus.max_batch < need:
+            raise FromzeroError(f"{len(corpus)} text pairs ({corpus.max_batch} distinct texts on one side) cannot "
                                 f"fill a batch of {need} pairs with distinct texts ({batch_size} per process x "
                                 f"{world_size}): lower train.batch_size or add pairs")
-        # pairs with the same anchor (or positive) text share an id
-        self.anchor_text, self.positive_text = _text_ids(corpus.anchors), _text_ids(corpus.positives)
         self.corpus, self.batch_size, self.max_len = corpus, batch_size, max_len
         self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -180,8 +185,9 @@ class PairBatches(StepBatches):
         already in the batch (so a batch can come out smaller when nearly all pairs share texts)."""
         need, drawn = self.batch_size * self.world_size, []
         seen_anchor, seen_positive = set(), set()
+        anchor_text, positive_text = self.corpus.text_ids
         for i in np.random.default_rng([self.seed, step]).permutation(len(self.corpus)).tolist():
-            a, p = int(self.anchor_text[i]), int(self.positive_text[i])
+            a, p = int(anchor_text[i]), int(positive_text[i])
             if a not in seen_anchor and p not in seen_positive:
                 seen_anchor.add(a)
                 seen_positive.add(p)
@@ -205,7 +211,6 @@ class PairBatches(StepBatches):
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "global_batch": self.batch_size * self.world_size,
                 "max_len": self.max_len, "n_pairs": len(self.corpus)}
-
 
 
 def _text_ids(rows: list[np.ndarray]) -> np.ndarray:

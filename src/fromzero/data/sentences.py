@@ -286,7 +286,6 @@ class SentenceBatches(StepBatches):
                 "max_len": self.max_len, "mode": self.mode, "n_tokens": int(len(self.corpus.tokens))}
 
 
-
 def _truncate_pair(a: Segment, b: Segment, target: int) -> tuple[Segment, Segment]:
     """Trim the longer segment until both fit in `target` tokens: A loses tokens at its start and B
     at its end, so the text around the A|B boundary - what NSP/SOP are about - stays intact."""
