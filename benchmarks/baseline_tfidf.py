@@ -17,10 +17,10 @@ import argparse
 import math
 from pathlib import Path
 
-from fromzero.baselines_tfidf import tfidf_logreg
 from fromzero.errors import FromzeroError
 from fromzero.evaluation import confusion_matrix_png, write_report
-from fromzero.finetune import check_task_fits, class_probabilities, load_classifiers
+from fromzero.evaluation.baselines import tfidf_logreg
+from fromzero.recipes.finetune import check_task_fits, class_probabilities, load_classifiers
 from fromzero.tasks import label_names, load_task_data
 
 # Chinese has no spaces: character n-grams; English: word uni+bigrams.

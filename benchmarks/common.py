@@ -58,7 +58,7 @@ def hf_bert(like: EncoderModel) -> torch.nn.Module:
     (so the two compute the same function, and the pretraining comparison is of speed alone)."""
     import transformers as tf
 
-    from fromzero.model.hf_bert import save_hf_bert
+    from fromzero.model.hf.bert import save_hf_bert
 
     return _from_export(tf.BertForMaskedLM, save_hf_bert, like)
 
@@ -67,7 +67,7 @@ def hf_t5(like: EncoderDecoderLM) -> torch.nn.Module:
     """transformers' T5ForConditionalGeneration with `like`'s config and weights (see hf_bert)."""
     import transformers as tf
 
-    from fromzero.model.hf_t5 import save_hf_t5
+    from fromzero.model.hf.t5 import save_hf_t5
 
     return _from_export(tf.T5ForConditionalGeneration, save_hf_t5, like)
 

@@ -39,9 +39,9 @@ from typing import Any
 import yaml
 
 from fromzero.config import build, parse_overrides, to_dict
-from fromzero.finetune import FinetuneConfig, ScratchConfig
 from fromzero.peft import PeftConfig
 from fromzero.recipes import load_recipe
+from fromzero.recipes.finetune import FinetuneConfig, ScratchConfig
 
 # name -> (row label, the strategy's own CLI overrides). "scratch" also gets the backbone's shape
 # (scratch_overrides below). PEFT defaults (PeftConfig): LoRA r=8 alpha=16 on the attention
@@ -72,7 +72,7 @@ def scratch_overrides(model_dir: Path) -> list[str]:
     if model_type == "fromzero-encoder":
         arch, shape = "encoder", data
     elif model_type == "bert":
-        from fromzero.model.hf_bert import config_from_hf
+        from fromzero.model.hf.bert import config_from_hf
 
         arch, shape = "encoder", to_dict(config_from_hf(data, cfg_file))
     elif model_type == "fromzero-decoder":
@@ -138,7 +138,8 @@ def run_one(name: str, cmd: list[str], out: Path, threads: int) -> dict[str, Any
 def run_tfidf(cfg: FinetuneConfig, out: Path, setup: dict[str, Any]) -> dict[str, Any]:
     """TF-IDF + logistic regression on the fine-tuning runs' task, split and training/test subsets."""
     from baseline_tfidf import SETTINGS
-    from fromzero.baselines_tfidf import tfidf_logreg
+
+    from fromzero.evaluation.baselines import tfidf_logreg
     from fromzero.tasks import label_names, load_task_data
 
     t = time.perf_counter()

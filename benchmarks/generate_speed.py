@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import SIZE, fromzero_model, hf_model, interleaved
+
 from fromzero.infer.generate import GenerationConfig, generate_ids
 
 PROMPT, NEW = 32, 256

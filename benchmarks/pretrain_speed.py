@@ -26,9 +26,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from common import ENCODER_SIZE, T5_SIZE, fromzero_encoder, fromzero_t5, hf_bert, hf_t5, interleaved, training_step
 
-from common import (ENCODER_SIZE, T5_SIZE, fromzero_encoder, fromzero_t5, hf_bert, hf_t5, interleaved,
-                    training_step)
 from fromzero.data.sentences import collate as collate_rows
 from fromzero.data.seq2seq_batches import collate as collate_pairs
 from fromzero.objectives.mlm import MLMMasker

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import SIZE, fromzero_model, hf_model, interleaved, matmul_peak, training_step
 
 BATCH = 16

@@ -159,7 +159,7 @@ def test_convert_round_trip_through_transformers(trained_run, tmp_path):
     import torch
     import transformers
 
-    from fromzero.model.io import load_model
+    from fromzero.model import load_model
 
     src = trained_run / "checkpoints" / "last"
     assert main(["convert", str(src), str(tmp_path / "hf")]) == 0

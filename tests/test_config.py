@@ -77,13 +77,14 @@ def test_every_shipped_recipe_builds_its_config():
 
     import fromzero
     from fromzero.config import build
-    from fromzero.finetune import FinetuneConfig
-    from fromzero.pretrain import SEQ2SEQ_OBJECTIVES, PretrainConfig
-    from fromzero.pretrain_encoder import EncoderPretrainConfig
-    from fromzero.pretrain_seq2seq import Seq2SeqPretrainConfig
+    from fromzero.objectives.registry import objectives_for
     from fromzero.recipes import load_recipe
+    from fromzero.recipes.finetune import FinetuneConfig
+    from fromzero.recipes.pretrain import PretrainConfig
+    from fromzero.recipes.pretrain_encoder import EncoderPretrainConfig
+    from fromzero.recipes.pretrain_seq2seq import Seq2SeqPretrainConfig
 
-    configs = Path(fromzero.__file__).parent / "configs"
+    configs = Path(fromzero.__file__).parent / "recipes" / "configs"
     names = sorted(str(p.relative_to(configs).with_suffix("")) for p in configs.glob("*/*.yaml"))
     assert len(names) >= 10
     for name in names:
@@ -93,5 +94,5 @@ def test_every_shipped_recipe_builds_its_config():
         else:
             objective = recipe.get("objective", "clm")
             cls = PretrainConfig if objective == "clm" else \
-                Seq2SeqPretrainConfig if objective in SEQ2SEQ_OBJECTIVES else EncoderPretrainConfig
+                Seq2SeqPretrainConfig if objective in objectives_for("encoder_decoder") else EncoderPretrainConfig
         build(cls, recipe)

@@ -14,14 +14,14 @@ from fromzero.errors import FromzeroError
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
-    from fromzero.quickstart import run_quickstart
+    from fromzero.recipes.quickstart import run_quickstart
 
     run_quickstart(out_dir=args.out_dir, minutes=args.minutes)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from fromzero.pretrain import run_recipe
     from fromzero.recipes import load_recipe
+    from fromzero.recipes.pretrain import run_recipe
 
     summary = run_recipe(load_recipe(args.config, args.overrides, default="pretrain/gpt-tiny-zh"), resume=args.resume)
     _print_summary(summary)
@@ -58,7 +58,7 @@ def _cmd_tokenizer_show(args: argparse.Namespace) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> None:
     from fromzero.infer.generate import GenerationConfig, stream
-    from fromzero.model.io import load_model
+    from fromzero.model import load_model
     from fromzero.tokenizer import Tokenizer
 
     model = load_model(args.model, dtype=_generation_dtype(args.dtype))
@@ -89,8 +89,8 @@ def _generation_dtype(name: str):
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from fromzero.config import build
-    from fromzero.finetune import FinetuneConfig, run_finetune
     from fromzero.recipes import load_recipe
+    from fromzero.recipes.finetune import FinetuneConfig, run_finetune
 
     cfg = build(FinetuneConfig, load_recipe(args.config, args.overrides, default="finetune/sentiment-zh"))
     _print_summary(run_finetune(cfg, resume=args.resume))
@@ -99,7 +99,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    from fromzero.finetune import evaluate_saved
+    from fromzero.recipes.finetune import evaluate_saved
 
     metrics = evaluate_saved(args.model, task=args.task, split=args.split, base_model=args.base_model)
     print(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
@@ -108,7 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from fromzero.finetune import predict
+    from fromzero.recipes.finetune import predict
 
     if args.file:
         from pathlib import Path
@@ -125,7 +125,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from fromzero.convert import convert
+    from fromzero.recipes.convert import convert
 
     family, direction = convert(args.src, args.dst)
     print(f"converted {family} {args.src} -> {args.dst} ({direction})")

@@ -42,7 +42,7 @@ def iter_pair_groups(source: str | os.PathLike) -> Iterator[list[Pair]]:
     """The pairs of each dialog (built-in corpora), or each row alone (files): what a split keeps together."""
     name = str(source)
     if name in ("chat_zh", "chat_en"):
-        from fromzero.data.sources import iter_conversations
+        from fromzero.corpora import iter_conversations
 
         dialogs = ([(a, b, None) for a, b in zip(turns, turns[1:]) if a.strip() and b.strip()]
                    for turns in iter_conversations(name[-2:]))

@@ -54,7 +54,7 @@ class GenerationConfig:
 
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
     # A compiled or DDP-wrapped model would recompile/sync on every new shape: use the bare module.
-    from fromzero.model.io import unwrap
+    from fromzero.modules.wrappers import unwrap
 
     return unwrap(model)
 

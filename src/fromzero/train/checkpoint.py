@@ -15,7 +15,6 @@ Weights are safetensors, never pickles, so loading a checkpoint cannot run code.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 import random
@@ -27,166 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fromzero.errors import FromzeroError
+from fromzero.modules.weights import load_weights, save_weights
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
-
-
-# ---------------------------------------------------------------- model weights
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module inside torch.compile (`_orig_mod`) and DDP/FSDP-style (`module`) wrappers."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def clean_key(key: str) -> str:
-    """Drop torch.compile's `_orig_mod.` wherever it sits ("blocks.0._orig_mod.attn.w" -> "blocks.0.attn.w").
-
-    DDP's `module.` is removed by `unwrap_model` on the object instead: a user's own submodule may
-    legitimately be called "module".
-    """
-    parts = [p for p in key.split(".") if p != "_orig_mod"]
-    return ".".join(parts)
-
-
-def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A raw state dict taken from a wrapped model -> clean names (leading `module.`, any `_orig_mod.`)."""
-    out = {}
-    for key, value in state_dict.items():
-        key = clean_key(key)
-        while key.startswith("module."):
-            key = key[len("module."):]
-        out[key] = value
-    return out
-
-
-def save_weights(model: nn.Module, directory: str | Path) -> Path:
-    """Write model.safetensors (+ config.json) for `model`, unwrapped and with shared tensors stored once.
-
-    A fromzero DecoderLM goes through `fromzero.model.io.save_model`; any other module is written
-    here. safetensors refuses tensors that share memory, so a tied weight (embedding = output head) is
-    written under its first name and the other names are listed in the file's metadata ("aliases").
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model = unwrap_model(model)
-    native = _native_saver(model)
-    if native is not None:  # fromzero's own models: the format `fromzero.model.io.load_model` reads
-        native(model, directory)
-        return directory / WEIGHTS
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}  # (storage, offset, shape, stride) -> name written
-    for key, t in model.state_dict().items():
-        name = clean_key(key)
-        t = t.detach()
-        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if t.numel() and view in seen:
-            aliases[name] = seen[view]
-            continue
-        seen[view] = name
-        tensors[name] = t.to("cpu").contiguous()
-    # Different views of one storage (rare) still share memory; give each its own copy.
-    storages: set[int] = set()
-    for name, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
-        if t.numel() and ptr in storages:
-            tensors[name] = t.clone()
-        storages.add(ptr)
-    save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "aliases": json.dumps(aliases)})
-    config = _config_dict(model)
-    if config is not None:
-        (directory / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-    return directory / WEIGHTS
-
-
-def _native_saver(model: nn.Module) -> Callable[[nn.Module, Path], Any] | None:
-    """`fromzero.model.io.save_model` for a DecoderLM (it adds config.json's model_type), else None."""
-    try:
-        from fromzero.model.decoder import DecoderLM
-        from fromzero.model.io import save_model
-    except ImportError:
-        return None
-    return save_model if isinstance(model, DecoderLM) else None
-
-
-def _fill_tied(tensors: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
-    """A file from another writer may store a tied weight once without our alias list: fill the
-    missing name from the name it shares memory with in this model."""
-    by_view: dict[tuple, list[str]] = {}
-    for name, t in own.items():
-        if t.numel():
-            view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-            by_view.setdefault(view, []).append(name)
-    for names in by_view.values():
-        present = [n for n in names if n in tensors]
-        if present:
-            for n in names:
-                tensors.setdefault(n, tensors[present[0]])
-
-
-def _config_dict(model: nn.Module) -> dict[str, Any] | None:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return None
-    if dataclasses.is_dataclass(cfg):
-        from fromzero.config import to_dict
-
-        return to_dict(cfg)
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    if hasattr(cfg, "to_dict"):  # a transformers PretrainedConfig
-        return cfg.to_dict()
-    return None
-
-
-def load_weights(model: nn.Module, directory: str | Path) -> None:
-    """Load model.safetensors from `directory` into `model` (which may be compiled/DDP-wrapped)."""
-    path = Path(directory) / WEIGHTS
-    if not path.is_file():
-        raise FromzeroError(f"no {WEIGHTS} in {directory}; point to a checkpoint folder written by fromzero")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FromzeroError(f"{path} is damaged or not a safetensors file ({e}); delete that checkpoint "
-                            "folder or restore it from a copy") from None
-    for alias, target in json.loads(meta.get("aliases", "{}")).items():
-        if target in tensors:
-            tensors[alias] = tensors[target]
-    model = unwrap_model(model)
-    state = model.state_dict()
-    own = {clean_key(k): k for k in state}
-    _fill_tied(tensors, {clean_key(k): v for k, v in state.items()})
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise FromzeroError(
-            f"{path} does not match this model (missing: {', '.join(missing[:4]) or 'none'}; unexpected: "
-            f"{', '.join(unexpected[:4]) or 'none'}); build the model with the checkpoint's config.json"
-        )
-    try:
-        model.load_state_dict({own[k]: v for k, v in tensors.items()}, strict=True)
-    except RuntimeError as e:  # shape mismatches
-        first = str(e).strip().splitlines()[-1].strip()
-        raise FromzeroError(f"{path} does not fit this model ({first}); build the model with the "
-                            "checkpoint's config.json") from None
 
 
 # ---------------------------------------------------------------- RNG state as JSON

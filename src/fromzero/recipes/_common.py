@@ -1,0 +1,67 @@
+"""What every pretraining recipe shares: the data settings, the tokenizer step, the torchrun shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+from fromzero.data.sources import iter_texts
+from fromzero.errors import FromzeroError
+from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+from fromzero.train.checkpoint import find_checkpoint
+from fromzero.train.distributed import DistributedContext, barrier, cleanup, init_distributed
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["people_daily", "reviews_zh"])
+    val_fraction: float = 0.01
+    cache_dir: str = ".cache/fromzero"
+
+
+class HasTokenizerAndData(Protocol):
+    """The fields prepare_tokenizer reads: every pretraining config has them."""
+
+    tokenizer: TokenizerConfig
+    tokenizer_path: str | None
+    data: DataConfig
+
+
+def prepare_tokenizer(cfg: HasTokenizerAndData, out_dir: Path, quiet: bool = False) -> Tokenizer:
+    """Load the configured tokenizer, reuse the run's own (on resume), or train one on the sources."""
+    if cfg.tokenizer_path:
+        return Tokenizer.load(cfg.tokenizer_path)
+    own = out_dir / "tokenizer.json"
+    if own.is_file():
+        return Tokenizer.load(own)
+    texts = (t for src in cfg.data.sources for t in iter_texts(src))
+    tok = train_tokenizer(texts, cfg.tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(own)
+    if not quiet:
+        print(f"tokenizer: trained {cfg.tokenizer.kind} with {tok.vocab_size} tokens -> {own}")
+    return tok
+
+
+def run_ranked(out_dir: str | Path, resume: bool, prepare: Callable[[bool], T],
+               train: Callable[[DistributedContext, T], dict[str, Any]]) -> dict[str, Any]:
+    """The shape every pretraining runner shares: check --resume, join the process group under
+    torchrun, let rank 0 `prepare(quiet=False)` the tokenizer and data while the others wait (then
+    they `prepare(quiet=True)` from the caches), train, and leave the group."""
+    dist = DistributedContext.from_env()
+    if resume and find_checkpoint(Path(out_dir) / "checkpoints" / "last") is None:
+        raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
+    owns_group = init_distributed(dist)
+    try:
+        if dist.is_main:
+            data = prepare(False)
+        barrier()
+        if not dist.is_main:
+            data = prepare(True)  # cache hits now
+        return train(dist, data)
+    finally:
+        if owns_group:
+            cleanup()
