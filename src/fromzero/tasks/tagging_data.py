@@ -49,6 +49,9 @@ class TaggedSentence:
     def text(self) -> str:
         return "".join(w for w, _ in self.words)
 
+    def dedupe_key(self) -> str:
+        return self.text
+
 
 def tagged_sentence(words: Sequence[tuple]) -> TaggedSentence:
     """From `corpora.parse_tagged_line` output: (word, pos) or (word, pos, "B-nt"/"I-nt"/None)."""
