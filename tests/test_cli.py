@@ -211,3 +211,44 @@ def test_embed_without_text_is_one_clear_line(encoder_dir):
     r = run_cli("embed", "--model", str(encoder_dir), stdin="\n  \n")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: no text to embed") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_version_and_recipes_list_every_recipe_task_and_corpus():
+    from fromzero import __version__
+    from fromzero.corpora import CORPORA
+    from fromzero.recipes import available
+    from fromzero.tasks import TASKS
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"fromzero {__version__}"
+    r = run_cli("recipes")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for name in [*available(), *TASKS, *CORPORA]:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    gpt = next(line for line in lines if line.split()[:1] == ["pretrain/gpt-tiny-zh"])
+    assert "GPT-2-style decoder pretrained with causal LM" in gpt  # the YAML's first header comment line
+    assert "review sentiment" in next(line for line in lines if line.split()[:1] == ["reviews_zh"])
+
+
+def test_commands_come_from_one_table():
+    from fromzero.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
+
+
+@pytest.mark.parametrize("command, target", [("pretrain", "fromzero.recipes.pretrain.run_recipe"),
+                                             ("finetune", "fromzero.recipes.finetune.run_finetune")])
+def test_overwrite_flag_is_the_train_overwrite_override(command, target, monkeypatch):
+    """--overwrite only appends train.overwrite=true: the run itself decides what starting over means."""
+    import fromzero.config
+
+    seen = {}
+    monkeypatch.setattr(target, lambda recipe, resume=False: seen.setdefault("recipe", recipe) and {})
+    monkeypatch.setattr(fromzero.config, "build", lambda cls, data: data)  # the override list, unvalidated
+    assert main([command, "--overwrite", "train.max_steps=3"]) == 0
+    assert seen["recipe"]["train"]["overwrite"] is True and seen["recipe"]["train"]["max_steps"] == 3
+    seen.clear()
+    assert main([command, "train.max_steps=3"]) == 0
+    assert "overwrite" not in seen["recipe"]["train"]
