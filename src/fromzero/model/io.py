@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fromzero.errors import FromzeroError
-from fromzero.modules.weights import clean_key
+from fromzero.modules.weights import clean_key, follow_umask
 from fromzero.modules.wrappers import unwrap
 
 WEIGHTS = "model.safetensors"
@@ -39,6 +39,7 @@ def write_model_folder(dir: str | Path, tensors: dict[str, torch.Tensor], config
     dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(dir / WEIGHTS), metadata={"format": "pt"})
+    follow_umask(dir / WEIGHTS)
     (dir / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return dir
 

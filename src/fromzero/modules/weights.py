@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,24 @@ from fromzero.modules.wrappers import unwrap
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+
+def follow_umask(path: str | Path, mode: int = 0o666) -> None:
+    """Give a written file the mode the umask asks for: safetensors' writer makes every file 0600,
+    which hides weights from the group or other users that a shared umask means to share them with."""
+    os.chmod(path, mode & ~_umask())
+
+
+def _umask() -> int:
+    try:  # read-only on Linux; setting and restoring os.umask would race with other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def clean_key(key: str) -> str:
     """Drop torch.compile's `_orig_mod.` wherever it sits ("blocks.0._orig_mod.attn.w" -> "blocks.0.attn.w").
@@ -66,6 +85,7 @@ def save_weights(model: nn.Module, directory: str | Path) -> Path:
             tensors[name] = t.clone()
         storages.add(ptr)
     save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+    follow_umask(directory / WEIGHTS)
     config = _config_dict(model)
     if config is not None:
         (directory / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")

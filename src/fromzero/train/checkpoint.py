@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +28,8 @@ import torch
 from torch import nn
 
 from fromzero.errors import FromzeroError
-from fromzero.modules.weights import load_weights, save_weights
+from fromzero.modules.weights import follow_umask, load_weights, save_weights
+from fromzero.train.run_dir import disk_error
 
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
@@ -95,9 +95,24 @@ def save_checkpoint(
     renamed into place, so readers see either the old checkpoint or the new one.
     """
     directory = Path(directory)
+    try:
+        return _save(directory, model, optimizer, scheduler, trainer_state, save_extra)
+    except OSError as e:  # disk full / read-only: one line; the previous checkpoint is still in place
+        kept = find_checkpoint(directory)
+        err = disk_error(e, directory, kept)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _save(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any | None,
+          trainer_state: dict[str, Any] | None, save_extra: Callable[[Path], Any] | None) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
+    # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700 whatever the umask, and the
+    # renamed folder would keep that mode.
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir()
     try:
         save_weights(model, tmp)
         if optimizer is not None:
@@ -109,6 +124,9 @@ def save_checkpoint(
             (tmp / STATE).write_text(text, encoding="utf-8")
         if save_extra is not None:
             save_extra(tmp)
+        for p in tmp.rglob("*"):  # whichever writer made them (safetensors writes 0600)
+            if p.is_file():
+                follow_umask(p)
         _fsync_dir_files(tmp)
         _replace_dir(tmp, directory)
     except BaseException:
@@ -146,8 +164,9 @@ def load_checkpoint(
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, foreign pickle, ...
-            raise FromzeroError(f"{path} is damaged or unsafe to load ({type(e).__name__}); "
-                                "delete that checkpoint folder or start a fresh run") from None
+            raise FromzeroError(f"{path} is damaged or unsafe to load ({type(e).__name__}), so training cannot "
+                                "resume from it; start a fresh run with --overwrite, or fine-tune / generate from "
+                                f"the weights in {directory} (or checkpoints/best)") from None
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -170,7 +189,11 @@ def _replace_dir(new: Path, target: Path) -> None:
         return
     old = target.with_name(f"{target.name}.old-{os.getpid()}-{time.time_ns()}")
     os.replace(target, old)
-    os.replace(new, target)
+    try:
+        os.replace(new, target)
+    except OSError:  # put the good checkpoint back now (a kill here is undone by _recover_interrupted_replace)
+        os.replace(old, target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -84,6 +84,7 @@ class TrainConfig:
             need(getattr(self, key) >= 0, key, "0 or more")
         need(self.log_every >= 1, "log_every", "at least 1")
         need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "positive or null")
+        need(self.seed >= 0, "seed", "0 or more")  # numpy's generators refuse negative seeds deep in the data code
 
 
 Objective = Callable[[nn.Module, Any], "dict[str, torch.Tensor] | torch.Tensor"]
