@@ -89,12 +89,22 @@ class EncoderOutput(NamedTuple):
 
 
 class BidirectionalAttention(Attention):
-    """The decoder's fused-QKV attention without the causal mask; padded keys are masked out."""
+    """The decoder's fused-QKV attention without the causal mask; padded keys are masked out.
+
+    A prefix (prefix tuning sets `prefix_kv`, [H, P, head_dim] each) is put in front of the keys
+    and values, and the key-padding mask grows by P always-visible slots: padding hides real
+    positions only, never the prefix."""
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         B, T, _ = x.shape
         H = self.n_head
         q, k, v = self.qkv(x).view(B, T, 3 * H, self.head_dim).transpose(1, 2).split(H, dim=1)
+        if self.prefix_kv is not None:
+            pk, pv = self.prefix_kv
+            k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
+            if mask is not None:  # [B, 1, 1, T] -> [B, 1, 1, P + T]
+                mask = torch.cat([mask.new_ones(*mask.shape[:-1], pk.shape[1]), mask], dim=-1)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))

@@ -169,6 +169,10 @@ class SelfAttention(nn.Module):
         self.n_head, self.d_kv, self.dropout = cfg.n_head, cfg.d_kv, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.inner_dim, bias=False)
         self.o = nn.Linear(cfg.inner_dim, cfg.d_model, bias=False)
+        # Prefix tuning (fromzero.peft) sets learned keys/values [n_kv_head, P, head_dim] here: they
+        # take no position (zero bias), are never cached, and every query (causal or not) sees them.
+        self.n_kv_head, self.head_dim = cfg.n_head, cfg.d_kv
+        self.prefix_kv: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor, bias: Tensor, kv: tuple[Tensor, Tensor] | None = None, start_pos: int = 0) -> Tensor:
         """With `kv` (a static cache layer), the new keys/values are written at start_pos.. and
@@ -181,6 +185,11 @@ class SelfAttention(nn.Module):
             cache_k[:, :, start_pos:end] = k
             cache_v[:, :, start_pos:end] = v
             k, v = cache_k[:, :, :end], cache_v[:, :, :end]
+        if self.prefix_kv is not None:
+            pk, pv = self.prefix_kv
+            k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
+            bias = torch.cat([bias.new_zeros(*bias.shape[:-1], pk.shape[1]), bias], dim=-1)
         y = attend(q, k, v, bias, self.dropout if self.training else 0.0)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -475,21 +484,3 @@ class EncoderDecoderLM(nn.Module):
     def num_params(self) -> int:
         """Unique parameter count (a tied LM head counts once)."""
         return sum(p.numel() for p in self.parameters())
-
-
-def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> Tensor:
-    """[B, V] logits -> [B] next ids: argmax at temperature 0, else top-k/top-p filtered sampling."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest prefix reaching top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -22,6 +22,9 @@ after reading its KV cache: cast the prefix to k's dtype, expand it over the bat
 it in front of its keys and values ([B, n_kv_head, P + S, head_dim]) and use a mask that lets
 every query see all P prefix slots plus its causal part of the S real keys (so not
 `is_causal=True`). The prefix is never rotated, never written to the cache and takes no position.
+Bidirectional attention (the BERT-style encoder, T5's encoder) keeps its padding mask for the real
+keys and lets every query see the prefix; T5 gives the prefix slots a zero position bias, and its
+cross-attention (which reads the encoder output) takes no prefix.
 """
 
 from __future__ import annotations
