@@ -170,9 +170,13 @@ def _run_generate(args: Args) -> None:
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
                            seed=args.seed)
+    from fromzero.model.encoder_decoder import EncoderDecoderLM
+
+    # A decoder continues the prompt; an encoder-decoder answers it, so a tab sets the answer apart.
+    sep = "\t" if isinstance(model, EncoderDecoderLM) else ""
     prompts = [args.prompt] if args.prompt is not None else [line.rstrip("\n") for line in sys.stdin]
     for prompt in prompts:
-        sys.stdout.write(prompt)
+        sys.stdout.write(prompt + sep)
         for piece in stream(model, tok, prompt, gen):
             sys.stdout.write(piece)
             sys.stdout.flush()

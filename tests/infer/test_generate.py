@@ -9,8 +9,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from fromzero.errors import FromzeroError
 from fromzero.infer import GenerationConfig, generate, generate_ids, stream
-from fromzero.infer.generate import _apply_repetition_penalty, _sample
 from fromzero.model import DecoderLM, ModelConfig
+from fromzero.modules.sampling import apply_repetition_penalty, sample_next
 
 
 def real_chinese_lines(n: int = 300) -> list[str]:
@@ -119,16 +119,16 @@ def test_top_k_1_and_tiny_top_p_are_greedy_and_seeds_reproduce():
 def test_top_k_and_top_p_restrict_the_candidates():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
     rng = torch.Generator().manual_seed(0)
-    drawn = _sample(logits, GenerationConfig(top_p=0.8), rng)
+    drawn = sample_next(logits, 1.0, top_p=0.8, generator=rng)
     assert set(drawn.tolist()) == {0, 1}  # 0.5 + 0.3 already covers 0.8
     assert (drawn == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.05)
-    assert set(_sample(logits, GenerationConfig(top_k=3), rng).tolist()) == {0, 1, 2}
-    assert set(_sample(logits, GenerationConfig(), rng).tolist()) == {0, 1, 2, 3}
+    assert set(sample_next(logits, 1.0, top_k=3, generator=rng).tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, 1.0, generator=rng).tolist()) == {0, 1, 2, 3}
 
 
 def test_repetition_penalty():
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
-    _apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
     assert logits.tolist() == [[1.0, -2.0, 0.5, 3.0]]  # seen: positive halved, negative doubled
     fixed = torch.full((1, 1, 10), -5.0)
     fixed[0, 0, 5], fixed[0, 0, 6] = 2.0, 1.0  # the model always prefers 5, then 6

@@ -1,8 +1,13 @@
-"""Text generation with a static KV cache: greedy/temperature/top-k/top-p sampling, repetition
-penalty, stop tokens and stop strings, and UTF-8-safe streaming.
+"""Text generation for decoders and encoder-decoders: one loop, one sampler
+(fromzero.modules.sampling: greedy/temperature/top-k/top-p, repetition penalty), stop tokens and stop
+strings, and UTF-8-safe streaming.
 
-The per-token path is kept lean because at batch 1 generation is bound by Python overhead, not
-FLOPs: one preallocated cache and output buffer, inference_mode, logits for the last position only.
+What differs between the families is only how a step gets its logits, so each has a small stepper:
+a decoder continues the prompt in one buffer with a static KV cache; an encoder-decoder (T5) runs its
+encoder once on `prompt </s>` and decodes from its start token with a self-attention cache and
+cross-attention keys/values projected once. The per-token path is kept lean because at batch 1
+generation is bound by Python overhead, not FLOPs: preallocated cache and output buffer,
+inference_mode, logits for the last position only.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch
 from torch import Tensor
 
 from fromzero.errors import FromzeroError
+from fromzero.model.encoder_decoder import EncoderDecoderLM
+from fromzero.modules.sampling import apply_repetition_penalty, sample_next
 
 
 class TokenizerLike(Protocol):
@@ -69,66 +76,74 @@ def _check_prompt(n_prompt: int, max_seq_len: int, max_new_tokens: int) -> None:
         )
 
 
-def _apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> None:
-    """CTRL/HF rule, in place: logits of tokens already present are divided (if > 0) or multiplied."""
-    scores = logits.gather(1, seen)
-    logits.scatter_(1, seen, torch.where(scores > 0, scores / penalty, scores * penalty))
+class _Steps:
+    """One generation call's state: the token buffer `out` [B, total], the position and the RNG.
 
-
-def _sample(logits: Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> Tensor:
-    """[B, V] float logits -> [B] token ids."""
-    if gen.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / gen.temperature
-    if 0 < gen.top_k < logits.size(-1):
-        kth = torch.topk(logits, gen.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if gen.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p (the first always stays)
-        drop = (probs.cumsum(dim=-1) - probs) >= gen.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=rng).squeeze(1)
-
-
-class _Decoder:
-    """One generation call's state: the KV cache, the token buffer and the position.
-
-    `out` [B, total] holds the prompt in out[:, :n_prompt]; each step() samples the token for
-    position `pos` (first running the model on the prompt, or on the one token accepted last),
+    out[:, :pos] holds what the model has seen so far; each step() samples the token for position
+    `pos` (first running the model on everything before it, then on the one token accepted last),
     and accept() writes it. The model never runs for the final token. Call under inference_mode.
+    A family's stepper only says how to get the next logits (`_logits`).
     """
 
-    def __init__(self, model: torch.nn.Module, out: Tensor, n_prompt: int, gen: GenerationConfig):
-        self.model, self.out, self.pos, self.gen = model, out, n_prompt, gen
+    def __init__(self, out: Tensor, pos: int, gen: GenerationConfig):
+        self.out, self.pos, self.gen = out, pos, gen
         self.total = out.shape[1]
-        self.cache = model.new_cache(out.shape[0], self.total)
         self.rng = None
         if gen.seed is not None:
             self.rng = torch.Generator(device=out.device)
             self.rng.manual_seed(gen.seed)
-        self.started = False
+
+    def _logits(self) -> Tensor:
+        raise NotImplementedError
 
     def step(self) -> Tensor | None:
         """Next tokens [B], or None when the buffer (max_new_tokens / max_seq_len) is full."""
         if self.pos >= self.total:
             return None
-        if not self.started:
-            logits, _ = self.model(self.out[:, : self.pos], cache=self.cache, start_pos=0, last_only=True)
-            self.started = True
-        else:
-            logits, _ = self.model(self.out[:, self.pos - 1 : self.pos], cache=self.cache, start_pos=self.pos - 1)
-        logits = logits[:, -1].float()
+        logits = self._logits()[:, -1].float()
         if self.gen.repetition_penalty != 1.0:
-            _apply_repetition_penalty(logits, self.out[:, : self.pos], self.gen.repetition_penalty)
-        return _sample(logits, self.gen, self.rng)
+            apply_repetition_penalty(logits, self.out[:, : self.pos], self.gen.repetition_penalty)
+        return sample_next(logits, self.gen.temperature, self.gen.top_k, self.gen.top_p, self.rng)
 
     def accept(self, token: Tensor) -> None:
         self.out[:, self.pos] = token
         self.pos += 1
+
+
+class _Decoder(_Steps):
+    """Decoder-only: the prompt sits in out[:, :n_prompt] and the model continues it."""
+
+    def __init__(self, model: torch.nn.Module, out: Tensor, n_prompt: int, gen: GenerationConfig):
+        super().__init__(out, n_prompt, gen)
+        self.model = model
+        self.cache = model.new_cache(out.shape[0], self.total)
+        self.started = False
+
+    def _logits(self) -> Tensor:
+        if not self.started:
+            self.started = True
+            return self.model(self.out[:, : self.pos], cache=self.cache, start_pos=0, last_only=True)[0]
+        return self.model(self.out[:, self.pos - 1 : self.pos], cache=self.cache, start_pos=self.pos - 1)[0]
+
+
+class _EncoderDecoder(_Steps):
+    """T5-style: the encoder reads the input once; out[:, 0] is the decoder's start token and the
+    decoder writes out[:, 1:], attending to the encoder output through keys/values projected once."""
+
+    def __init__(self, model: EncoderDecoderLM, input_ids: Tensor, attention_mask: Tensor | None,
+                 gen: GenerationConfig):
+        out = input_ids.new_full((input_ids.shape[0], 1 + gen.max_new_tokens), model.config.decoder_start_id)
+        super().__init__(out, 1, gen)
+        self.model = model
+        enc = model.encode(input_ids, attention_mask)
+        self.cache = model.new_cache(enc, attention_mask, max(1, gen.max_new_tokens))
+
+    def _logits(self) -> Tensor:
+        return self.model.decode(self.out[:, self.pos - 1 : self.pos], cache=self.cache, start_pos=self.pos - 1)[0]
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _warn_truncated(n_prompt: int, max_seq_len: int, gen: GenerationConfig, n_new: int) -> None:
@@ -140,33 +155,48 @@ def _warn_truncated(n_prompt: int, max_seq_len: int, gen: GenerationConfig, n_ne
         )
 
 
+def _steps(model: torch.nn.Module, input_ids: Tensor, gen: GenerationConfig,
+           attention_mask: Tensor | None = None) -> _Steps:
+    """The stepper for the model's family, its buffer filled with the prompt (decoder) or the start token."""
+    if isinstance(model, EncoderDecoderLM):
+        return _EncoderDecoder(model, input_ids, attention_mask, gen)
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise FromzeroError("decoder generation takes unpadded prompts of one length (no attention_mask)")
+    B, T = input_ids.shape
+    max_len = model.config.max_seq_len
+    _check_prompt(T, max_len, gen.max_new_tokens)
+    out = torch.empty(B, min(T + gen.max_new_tokens, max_len), dtype=torch.long, device=input_ids.device)
+    out[:, :T] = input_ids
+    return _Decoder(model, out, T, gen)
+
+
 @torch.inference_mode()
 def generate_ids(model: torch.nn.Module, input_ids: Tensor, gen: GenerationConfig | None = None,
-                 eos_id: int | None = None, pad_id: int | None = None) -> Tensor:
-    """Continue each row of input_ids [B, T]; returns [B, T + n_new] (prompt included).
+                 eos_id: int | None = None, pad_id: int | None = None,
+                 attention_mask: Tensor | None = None) -> Tensor:
+    """Generate from each row of input_ids [B, T].
 
-    A row that produced eos_id (or a gen.stop_token_ids token) keeps that token and is padded
-    with pad_id (default: eos_id, else 0) from then on; generation ends when every row has
-    finished, after max_new_tokens, or when the sequence reaches the model's max_seq_len.
+    A decoder continues the rows: returns [B, T + n_new] (prompt included). An encoder-decoder reads
+    them (with their </s>, padding marked by attention_mask) and returns what its decoder wrote,
+    [B, n_new], as EncoderDecoderLM.generate_ids does. A row that produced eos_id (or a
+    gen.stop_token_ids token) keeps that token and is padded with pad_id (default: eos_id, else 0)
+    from then on; generation ends when every row has finished, after max_new_tokens, or when a
+    decoder's sequence reaches its max_seq_len.
     """
     gen = gen or GenerationConfig()
     model = _bare(model)
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
-    B, T = input_ids.shape
-    max_len = model.config.max_seq_len
-    _check_prompt(T, max_len, gen.max_new_tokens)
-    device = model.tok_emb.weight.device
+    input_ids = input_ids.to(_device(model))
     stop_ids = [i for i in [eos_id, *gen.stop_token_ids] if i is not None]
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
-    out = torch.empty(B, min(T + gen.max_new_tokens, max_len), dtype=torch.long, device=device)
-    out[:, :T] = input_ids
-    stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
     try:
-        dec = _Decoder(model, out, T, gen)
+        dec = _steps(model, input_ids, gen, attention_mask)
+        n_prompt = dec.pos
+        stop_t = torch.tensor(stop_ids, dtype=torch.long, device=dec.out.device)
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=dec.out.device)
         while (token := dec.step()) is not None:
             if stop_ids:
                 token = token.masked_fill_(finished, pad)
@@ -175,10 +205,12 @@ def generate_ids(model: torch.nn.Module, input_ids: Tensor, gen: GenerationConfi
             if stop_ids and bool(finished.all()):
                 break
         else:
-            _warn_truncated(T, max_len, gen, dec.pos - T)
+            if isinstance(dec, _Decoder):
+                _warn_truncated(n_prompt, model.config.max_seq_len, gen, dec.pos - n_prompt)
     finally:
         model.train(was_training)
-    return out[:, : dec.pos].clone() if dec.pos < out.shape[1] else out
+    out = dec.out[:, : dec.pos]
+    return out[:, 1:].clone() if isinstance(dec, _EncoderDecoder) else out.clone()
 
 
 def _start_ids(tokenizer: TokenizerLike, prompt: str) -> list[int]:
@@ -214,14 +246,14 @@ def stream(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str,
     """
     gen = gen or GenerationConfig()
     model = _bare(model)
-    ids = _start_ids(tokenizer, prompt)
-    max_len = model.config.max_seq_len
-    _check_prompt(len(ids), max_len, gen.max_new_tokens)
-    stop_ids = {i for i in [getattr(tokenizer, "eos_id", None), *gen.stop_token_ids] if i is not None}
+    eos_id = getattr(tokenizer, "eos_id", None)
+    if isinstance(model, EncoderDecoderLM):  # the encoder reads `prompt </s>`, as in training
+        eos_id = model.config.eos_id if eos_id is None else eos_id
+        ids = [*tokenizer.encode(prompt), eos_id]
+    else:
+        ids = _start_ids(tokenizer, prompt)
+    stop_ids = {i for i in [eos_id, *gen.stop_token_ids] if i is not None}
     stops = [s for s in gen.stop if s]
-    device = model.tok_emb.weight.device
-    out = torch.empty(1, min(len(ids) + gen.max_new_tokens, max_len), dtype=torch.long, device=device)
-    out[0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     new: list[int] = []
     emitted = 0  # characters already yielded
     reason = "length"
@@ -229,7 +261,7 @@ def stream(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str,
     model.eval()
     try:
         with torch.inference_mode():
-            dec = _Decoder(model, out, len(ids), gen)
+            dec = _steps(model, torch.tensor([ids], dtype=torch.long, device=_device(model)), gen)
         while True:
             with torch.inference_mode():  # never held across a yield: the caller's code runs normally
                 token_t = dec.step()
@@ -259,8 +291,8 @@ def stream(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str,
         text = tokenizer.decode(new)
         if len(text) > emitted:
             yield text[emitted:]
-        if reason == "length":
-            _warn_truncated(len(ids), max_len, gen, len(new))
+        if reason == "length" and isinstance(dec, _Decoder):
+            _warn_truncated(len(ids), model.config.max_seq_len, gen, len(new))
         return reason
     finally:
         model.train(was_training)
@@ -268,5 +300,5 @@ def stream(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str,
 
 def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str,
              gen: GenerationConfig | None = None) -> str:
-    """The completion of `prompt` (prompt not included) as one string."""
+    """The completion of `prompt` (prompt not included) as one string; an encoder-decoder's answer to it."""
     return "".join(stream(model, tokenizer, prompt, gen))

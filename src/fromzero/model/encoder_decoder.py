@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from fromzero.errors import FromzeroError
 from fromzero.model.layers import KVCache, RMSNorm, gated_activation, lm_head_loss
+from fromzero.modules.sampling import sample_next
 
 MASKED = -1e30  # additive score for masked keys: finite in fp32 and bf16, so a fully masked row is uniform, not NaN
 
@@ -484,21 +485,3 @@ class EncoderDecoderLM(nn.Module):
     def num_params(self) -> int:
         """Unique parameter count (a tied LM head counts once)."""
         return sum(p.numel() for p in self.parameters())
-
-
-def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> Tensor:
-    """[B, V] logits -> [B] next ids: argmax at temperature 0, else top-k/top-p filtered sampling."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest prefix reaching top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
