@@ -20,8 +20,8 @@ from pathlib import Path
 from fromzero.errors import FromzeroError
 from fromzero.evaluation import confusion_matrix_png, write_report
 from fromzero.evaluation.baselines import tfidf_logreg
-from fromzero.recipes.finetune import check_task_fits, class_probabilities, load_classifiers
 from fromzero.tasks import label_names, load_task_data
+from fromzero.tuning.ensemble import check_task_fits, class_probabilities, load_classifiers
 
 # Chinese has no spaces: character n-grams; English: word uni+bigrams.
 SETTINGS = {"reviews_zh": dict(analyzer="char", ngram_range=(1, 3)),

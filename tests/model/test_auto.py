@@ -17,7 +17,7 @@ from fromzero.model.decoder import DecoderLM  # noqa: E402
 from fromzero.model.encoder import EncoderConfig, EncoderModel, save_encoder  # noqa: E402
 from fromzero.model.encoder_decoder import EncoderDecoderLM, T5Config  # noqa: E402
 from fromzero.modules.weights import save_weights  # noqa: E402
-from fromzero.recipes.finetune import load_backbone  # noqa: E402
+from fromzero.tuning.backbone import load_backbone  # noqa: E402
 
 V = 97
 ATOL = 1e-4

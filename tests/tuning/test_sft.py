@@ -87,12 +87,13 @@ def test_end_of_turn_must_be_the_eos(tok):
     with pytest.raises(FromzeroError, match="'<|im_end|>' is not a token"):
         ChatFormat(tok, ChatTemplate(end_of_turn="<|im_end|>"))
     # the fine-tuning recipe sets its template before any training happens
-    from fromzero.recipes.finetune import make_kind
+    from fromzero.recipes.finetune import kind_settings
+    from fromzero.tuning.registry import make_kind
 
     cfg = build(FinetuneConfig, {"task": "chat_zh", "chat_template": {"end_of_turn": "<sep>"}})
     backbone = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=1, d_model=8, max_seq_len=16))
     with pytest.raises(FromzeroError, match="is not the tokenizer's EOS"):
-        make_kind("chat", tok, backbone, 16, [], cfg)
+        make_kind("chat", tok, backbone, 16, [], kind_settings(cfg))
 
 
 def test_chat_sft_learns_replies_and_stops_at_eos(tmp_path, tok):
@@ -118,7 +119,7 @@ def test_chat_sft_learns_replies_and_stops_at_eos(tmp_path, tok):
     assert after < before - 1.5 and summary["test_metric"] < tok.vocab_size / 5
     replies = predict(out / "model", ["你好", "你是谁"])
     assert all(isinstance(r, str) for r in replies)
-    from fromzero.recipes.finetune import load_finetuned
+    from fromzero.tuning.artifacts import load_finetuned
 
     model, _, _ = load_finetuned(out / "model")
     from fromzero.infer.generate import GenerationConfig

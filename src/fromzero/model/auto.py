@@ -67,7 +67,7 @@ def loader_for(path: Path) -> Callable[..., nn.Module]:
         raise FromzeroError(f"model folder {path} not found; from_pretrained loads {supported}")
     if not (path / io.CONFIG).is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-        hint = ("; it looks like a fine-tuned task folder: load it with fromzero.recipes.finetune.load_finetuned"
+        hint = ("; it looks like a fine-tuned task folder: load it with fromzero.tuning.artifacts.load_finetuned"
                 if (path / "finetune.json").is_file() else "")
         raise FromzeroError(f"{path} has no config.json (found: {found}){hint}; from_pretrained loads {supported}")
     data = io.read_config(path)
