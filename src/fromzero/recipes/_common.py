@@ -11,6 +11,7 @@ from fromzero.errors import FromzeroError
 from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 from fromzero.train.checkpoint import find_checkpoint
 from fromzero.train.distributed import DistributedContext, barrier, cleanup, init_distributed
+from fromzero.train.run_dir import claim
 
 T = TypeVar("T")
 
@@ -47,21 +48,23 @@ def prepare_tokenizer(cfg: HasTokenizerAndData, out_dir: Path, quiet: bool = Fal
 
 
 def run_ranked(out_dir: str | Path, resume: bool, prepare: Callable[[bool], T],
-               train: Callable[[DistributedContext, T], dict[str, Any]]) -> dict[str, Any]:
-    """The shape every pretraining runner shares: check --resume, join the process group under
-    torchrun, let rank 0 `prepare(quiet=False)` the tokenizer and data while the others wait (then
-    they `prepare(quiet=True)` from the caches), train, and leave the group."""
+               train: Callable[[DistributedContext, T], dict[str, Any]], overwrite: bool = False) -> dict[str, Any]:
+    """The shape every pretraining runner shares: check --resume, claim out_dir (lock it; refuse an
+    existing run without --resume / --overwrite) before anything is written, join the process group
+    under torchrun, let rank 0 `prepare(quiet=False)` the tokenizer and data while the others wait
+    (then they `prepare(quiet=True)` from the caches), train, and leave the group."""
     dist = DistributedContext.from_env()
     if resume and find_checkpoint(Path(out_dir) / "checkpoints" / "last") is None:
         raise FromzeroError(f"--resume: no checkpoint in {out_dir}/checkpoints/last; start without --resume")
-    owns_group = init_distributed(dist)
-    try:
-        if dist.is_main:
-            data = prepare(False)
-        barrier()
-        if not dist.is_main:
-            data = prepare(True)  # cache hits now
-        return train(dist, data)
-    finally:
-        if owns_group:
-            cleanup()
+    with claim(out_dir, resume, overwrite, main=dist.is_main):
+        owns_group = init_distributed(dist)
+        try:
+            if dist.is_main:
+                data = prepare(False)
+            barrier()
+            if not dist.is_main:
+                data = prepare(True)  # cache hits now
+            return train(dist, data)
+        finally:
+            if owns_group:
+                cleanup()

@@ -45,7 +45,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     Under torchrun, rank 0 trains the tokenizer and writes the shards while the others wait, then
     every rank reads its own part of each global batch.
     """
-    return run_ranked(cfg.train.out_dir, resume,
+    return run_ranked(cfg.train.out_dir, resume, overwrite=cfg.train.overwrite,
                       prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
                       train=lambda dist, data: _train(cfg, dist, data[0], load_tokens(data[1].train),
                                                       load_tokens(data[1].val), resume))

@@ -79,7 +79,7 @@ class EncoderPretrainConfig:
 
 def run_encoder_pretrain(cfg: EncoderPretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder with cfg.objective; returns the run summary (also written to summary.json)."""
-    return run_ranked(cfg.train.out_dir, resume,
+    return run_ranked(cfg.train.out_dir, resume, overwrite=cfg.train.overwrite,
                       prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
                       train=lambda dist, data: _train(cfg, dist, data[0], data[1], resume))
 

@@ -82,7 +82,7 @@ def example_builder(cfg: Seq2SeqPretrainConfig, tok: Tokenizer):
 
 def run_seq2seq_pretrain(cfg: Seq2SeqPretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder-decoder with span corruption or denoising; returns the summary (also summary.json)."""
-    return run_ranked(cfg.train.out_dir, resume,
+    return run_ranked(cfg.train.out_dir, resume, overwrite=cfg.train.overwrite,
                       prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
                       train=lambda dist, data: _train(cfg, dist, data[0], load_tokens(data[1].train),
                                                       load_tokens(data[1].val), resume))

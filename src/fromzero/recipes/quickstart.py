@@ -22,7 +22,9 @@ PROMPTS = ["中国经济", "这本书", "今天天气", "人民日报"]
 
 def run_quickstart(out_dir: str = "runs/quickstart", minutes: float | None = None,
                    finetune_minutes: float = 2.5) -> dict:
-    overrides = [f"train.out_dir={out_dir}"] + ([f"train.max_minutes={minutes}"] if minutes else [])
+    # the demo is meant to be re-run into the same folder: each run replaces the last one
+    overrides = [f"train.out_dir={out_dir}", "train.overwrite=true"]
+    overrides += [f"train.max_minutes={minutes}"] if minutes else []
     cfg = build(PretrainConfig, load_recipe("quickstart", overrides))
 
     print("== 1/4 tokenizer + pretraining (causal LM) ==")
@@ -55,7 +57,7 @@ def run_quickstart(out_dir: str = "runs/quickstart", minutes: float | None = Non
 
     print("\n== 4/4 fine-tuning the pretrained model on Chinese review sentiment ==")
     ft = build(FinetuneConfig, load_recipe("finetune/sentiment-zh", [
-        f"model={summary['best_checkpoint']}", f"train.out_dir={out_dir}/sentiment",
+        f"model={summary['best_checkpoint']}", f"train.out_dir={out_dir}/sentiment", "train.overwrite=true",
         f"train.max_minutes={finetune_minutes}", "train.max_steps=400", "train.lr=1e-3", "train.eval_every=100",
     ]))
     ft_summary = run_finetune(ft)

@@ -61,18 +61,20 @@ def clear_run(out_dir: str | Path) -> None:
 
 @contextlib.contextmanager
 def claim(out_dir: str | Path, resume: bool, overwrite: bool, main: bool = True) -> Iterator[None]:
-    """Check the folder may be used, then hold its lock (only `main`, rank 0, locks) until the block ends.
+    """Lock the folder, check it may be used, and hold the lock until the block ends. Only `main`
+    (rank 0) does either: other ranks could see the files rank 0 has just begun to write.
 
     Claims nest within one process (a recipe claims, then its Trainer claims again)."""
+    if not main:
+        yield
+        return
     with translate_disk_errors(out_dir):
-        if main:
-            _lock(Path(out_dir))
+        _lock(Path(out_dir))
     try:
         check_fresh_start(out_dir, resume, overwrite)
         yield
     finally:
-        if main:
-            _unlock(Path(out_dir))
+        _unlock(Path(out_dir))
 
 
 def _lock(out: Path) -> None:

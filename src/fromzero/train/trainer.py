@@ -38,6 +38,7 @@ from fromzero.train.metrics_log import MetricsLog
 from fromzero.train.optim import build_optimizer, build_scheduler
 from fromzero.train.plots import plot_losses
 from fromzero.train.precision import autocast, resolve_precision
+from fromzero.train.run_dir import claim, clear_run, disk_error
 
 MAX_NONFINITE = 5  # consecutive non-finite steps before the run stops
 
@@ -64,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None  # time budget: stop cleanly, with a checkpoint
     device: str = "auto"  # auto = cuda (one GPU per process) if available, else cpu
+    overwrite: bool = False  # a fresh run may replace the run already in out_dir (else resume or refuse)
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, what: str) -> None:
@@ -149,7 +151,13 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to `max_steps` (or early stop / time budget); returns a summary dict."""
         try:
-            return self._fit(resume)
+            with claim(self.out_dir, resume, self.cfg.overwrite, main=self.main):
+                return self._fit(resume)
+        except OSError as e:  # disk full / read-only while logging or plotting: one line, checkpoints kept
+            err = disk_error(e, None, find_checkpoint(self.ckpt_dir / "last"))
+            if err is None:
+                raise
+            raise err from None
         finally:
             if self._log is not None:
                 self._log.close()
@@ -161,9 +169,8 @@ class Trainer:
         t_start = time.perf_counter()
         resumed = self._restore() if resume else False
         if not resumed:
-            if not resume and find_checkpoint(self.ckpt_dir / "last") is not None:
-                self._say(f"note: starting a fresh run in {self.out_dir}; its checkpoints will be replaced "
-                          "(resume=True / --resume continues the old run instead)")
+            if self.main and cfg.overwrite and not resume:
+                clear_run(self.out_dir)
             self._seed(cfg.seed + self.dist.rank)
         if self.main:
             self._log = MetricsLog(self.metrics_path, resume_step=self.step if resumed else None,
