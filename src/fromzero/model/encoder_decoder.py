@@ -175,6 +175,12 @@ class SelfAttention(nn.Module):
         self.n_kv_head, self.head_dim = cfg.n_head, cfg.d_kv
         self.prefix_kv: tuple[Tensor, Tensor] | None = None
 
+    def target_parts(self) -> dict[str, tuple[str, tuple[int, int] | None]]:
+        """q, k, v inside the fused qkv output, for peft targets q / k / v (see fromzero.modules.targets)."""
+        n = self.n_head * self.d_kv
+        return {"q": ("qkv", (0, n)), "k": ("qkv", (n, 2 * n)), "v": ("qkv", (2 * n, 3 * n)), "qkv": ("qkv", None),
+                "o": ("o", None)}
+
     def forward(self, x: Tensor, bias: Tensor, kv: tuple[Tensor, Tensor] | None = None, start_pos: int = 0) -> Tensor:
         """With `kv` (a static cache layer), the new keys/values are written at start_pos.. and
         the queries attend over the whole cached prefix."""
@@ -205,6 +211,10 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(cfg.d_model, 2 * cfg.inner_dim, bias=False)
         self.o = nn.Linear(cfg.inner_dim, cfg.d_model, bias=False)
 
+    def target_parts(self) -> dict[str, tuple[str, tuple[int, int] | None]]:
+        n = self.n_head * self.d_kv
+        return {"q": ("q", None), "k": ("kv", (0, n)), "v": ("kv", (n, 2 * n)), "o": ("o", None)}
+
     def project_kv(self, enc: Tensor) -> tuple[Tensor, Tensor]:
         B, S, _ = enc.shape
         k, v = self.kv(enc).view(B, S, 2, self.n_head, self.d_kv).permute(2, 0, 3, 1, 4)
@@ -226,6 +236,13 @@ class FeedForward(nn.Module):
         self.wi = nn.Linear(cfg.d_model, (2 if self.gated else 1) * cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
+
+    def target_parts(self) -> dict[str, tuple[str, tuple[int, int] | None]]:
+        """Hugging Face's wi_0 / wi_1 are the two halves of the gated wi."""
+        f = self.wo.in_features
+        if self.gated:
+            return {"gate": ("wi", (0, f)), "up": ("wi", (f, 2 * f)), "down": ("wo", None)}
+        return {"up": ("wi", None), "down": ("wo", None)}
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.wi(x)

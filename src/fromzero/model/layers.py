@@ -142,6 +142,13 @@ class Attention(nn.Module):
         # take no position, are never rotated or cached, and every query may attend to them.
         self.prefix_kv: tuple[Tensor, Tensor] | None = None
 
+    def target_parts(self) -> dict[str, tuple[str, tuple[int, int] | None]]:
+        """Where q, k and v sit in the fused qkv output, so peft targets such as q_proj find them
+        (role -> (child, output rows), see fromzero.modules.targets)."""
+        q, kv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        return {"q": ("qkv", (0, q)), "k": ("qkv", (q, q + kv)), "v": ("qkv", (q + kv, q + 2 * kv)),
+                "qkv": ("qkv", None), "o": ("proj", None)}
+
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
@@ -248,6 +255,9 @@ class GeluMLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.has_bias)
         self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.has_bias)
 
+    def target_parts(self) -> dict[str, tuple[str, tuple[int, int] | None]]:
+        return {"up": ("up", None), "down": ("down", None)}
+
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.gelu(self.up(x), approximate="tanh"))  # GPT-2's "gelu_new", one fused kernel
 
@@ -259,6 +269,10 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.ffn_dim, bias=cfg.has_bias)
         self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.has_bias)
+
+    def target_parts(self) -> dict[str, tuple[str, tuple[int, int] | None]]:
+        f = self.down.in_features
+        return {"gate": ("gate_up", (0, f)), "up": ("gate_up", (f, 2 * f)), "down": ("down", None)}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(gated_activation(self.gate_up(x), "silu"))

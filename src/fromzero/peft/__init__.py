@@ -4,12 +4,12 @@
     model = apply_peft(model, PeftConfig(method="lora", r=8, target_modules=["attn.qkv"]))
 """
 
+from fromzero.modules.targets import describe_layers
 from fromzero.peft.adapter import AdapterLayer
 from fromzero.peft.api import (
     PeftState,
     adapter_state_dict,
     apply_peft,
-    describe_layers,
     find_target_modules,
     load_adapter,
     merge_peft,
@@ -21,11 +21,13 @@ from fromzero.peft.api import (
 from fromzero.peft.config import DEFAULT_TARGET_MODULES, PeftConfig
 from fromzero.peft.freeze import apply_freeze, find_layer_stack, layer_lr_scales, layerwise_param_groups
 from fromzero.peft.ia3 import IA3Layer
-from fromzero.peft.lora import LoRAEmbedding, LoRALinear
+from fromzero.peft.lora import LoRAEmbedding, LoRALinear, LoRAParts
 from fromzero.peft.prompt import PromptTuningModel
+from fromzero.peft.registry import METHODS, PeftMethod
 
 __all__ = [
-    "AdapterLayer", "DEFAULT_TARGET_MODULES", "IA3Layer", "LoRAEmbedding", "LoRALinear", "PeftConfig", "PeftState",
+    "METHODS", "AdapterLayer", "DEFAULT_TARGET_MODULES", "IA3Layer", "LoRAEmbedding", "LoRALinear", "LoRAParts",
+    "PeftConfig", "PeftMethod", "PeftState",
     "PromptTuningModel", "adapter_state_dict", "apply_freeze", "apply_peft", "describe_layers", "find_layer_stack",
     "find_target_modules", "layer_lr_scales", "layerwise_param_groups", "load_adapter", "merge_peft", "peft_state",
     "save_adapter", "trainable_parameters", "unmerge_peft",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fromzero.peft.lora import _Wrapper, adapter_dtype, linear_dims
+from fromzero.modules.targets import linear_dims
+from fromzero.peft.lora import _Wrapper, adapter_dtype
 
 
 class AdapterLayer(_Wrapper):

@@ -1,21 +1,20 @@
 """The one PEFT entry point: apply_peft(model, cfg) for every method, plus merge / save / load.
 
 All methods work by module replacement or by adding parameters to existing modules, never by
-special cases in a model: LoRA, adapters and IA3 wrap the layers `target_modules` names; BitFit
-unfreezes biases; prefix tuning uses the attention `prefix_kv` protocol and prompt tuning wraps
-the whole model (see prompt.py). What was applied is recorded on the model as `fromzero_peft`,
-which is what merge_peft / save_adapter / load_adapter read.
+special cases in a model: METHODS (registry.py) says for each method which of the three it does.
+What was applied is recorded on the model as `fromzero_peft`, which is what merge_peft /
+save_adapter / load_adapter read.
 
-Target matching fails loudly: a user's list entry that matches nothing, a match that is not a
-Linear/Conv1D/Embedding, or a default list that matches nothing all raise a FromzeroError that
-lists the model's wrappable layers.
+Target matching (fromzero.modules.targets) fails loudly: a user's list entry that matches nothing,
+a match that is not a Linear/Conv1D/Embedding, or a default list that matches nothing all raise a
+FromzeroError that lists the model's wrappable layers. The usual Hugging Face names (q_proj,
+query, c_attn ...) select fused layers or their slices.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +25,15 @@ from torch import nn
 
 from fromzero.config import build, to_dict
 from fromzero.errors import FromzeroError
-from fromzero.peft.adapter import AdapterLayer
-from fromzero.peft.bitfit import bias_parameter_names
+from fromzero.modules.targets import find_saved_modules, find_targets, replace_module
 from fromzero.peft.config import PeftConfig
 from fromzero.peft.freeze import apply_freeze, freeze_candidates
-from fromzero.peft.ia3 import IA3Layer
-from fromzero.peft.lora import _Wrapper, linear_dims, lora_wrap
-from fromzero.peft.prompt import PromptTuningModel, add_prefix_parameters, prefix_attention_modules
+from fromzero.peft.lora import _Wrapper
+from fromzero.peft.prompt import PromptTuningModel
+from fromzero.peft.registry import METHODS
 
 ADAPTER_FILE, CONFIG_FILE = "adapter.safetensors", "adapter_config.json"
 FORMAT = "fromzero-adapter"
-_REGEX_CHARS = set("*+?[](){}|^$\\")
 
 
 @dataclass
@@ -48,115 +45,10 @@ class PeftState:
     targets: list[str] = field(default_factory=list)  # modules wrapped (lora / adapter / ia3)
 
 
-# ---------------------------------------------------------------------------------------------
-# Finding modules by name
-
-
-def _is_wrappable(module: nn.Module) -> bool:
-    return linear_dims(module) is not None or isinstance(module, nn.Embedding)
-
-
-def _type_name(module: nn.Module) -> str:
-    return type(module).__name__
-
-
-def abbreviate(names: list[str]) -> str:
-    """'h.0.attn.c_attn, h.1.attn.c_attn, ...' -> 'h.{0..1}.attn.c_attn': numbered layers collapsed."""
-    groups: dict[str, list[tuple[int, ...]]] = {}
-    for name in names:
-        parts = name.split(".")
-        key = ".".join("{}" if p.isdigit() else p.replace("{", "{{").replace("}", "}}") for p in parts)
-        groups.setdefault(key, []).append(tuple(int(p) for p in parts if p.isdigit()))
-
-    def fmt(values: list[int]) -> str:
-        vs = sorted(set(values))
-        if len(vs) == 1:
-            return str(vs[0])
-        if vs == list(range(vs[0], vs[-1] + 1)):
-            return f"{{{vs[0]}..{vs[-1]}}}"
-        return "{" + ",".join(map(str, vs)) + "}"
-
-    out = []
-    for key, idx in groups.items():
-        cols = [fmt([t[j] for t in idx]) for j in range(len(idx[0]))]
-        out.append(key.format(*cols))
-    return ", ".join(out)
-
-
-def describe_layers(model: nn.Module) -> str:
-    """The model's Linear/Conv1D/Embedding modules, abbreviated, with their types."""
-    by_type: dict[str, list[str]] = {}
-    for name, m in model.named_modules():
-        if name and _is_wrappable(m):
-            by_type.setdefault(_type_name(m), []).append(name)
-    return "; ".join(f"{abbreviate(names)} ({t})" for t, names in by_type.items()) or "(none)"
-
-
-def _matches(pattern: str, name: str) -> bool:
-    if _REGEX_CHARS & set(pattern):
-        return re.fullmatch(pattern, name) is not None
-    return name == pattern or name.endswith("." + pattern)
-
-
 def find_target_modules(model: nn.Module, targets: list[str], strict: bool = True,
                         method: str = "lora") -> list[str]:
-    """Names of the Linear/Conv1D/Embedding modules `targets` select (suffix or full-name regex).
-
-    strict (a list the user wrote): every entry must match something, and only wrappable layers.
-    Not strict (the default list): unknown names and non-layer matches are skipped, but the
-    list as a whole must still match at least one layer.
-    """
-    modules = [(n, m) for n, m in model.named_modules() if n]
-    cls = type(model).__name__
-    parents = dict(model.named_modules())
-    chosen: list[str] = []
-    for target in targets:
-        hits = [(n, m) for n, m in modules if _matches(target, n)]
-        if strict and not hits:
-            raise FromzeroError(
-                f"target_modules entry '{target}' matches no module of {cls} (typo?); its layers are: "
-                f"{describe_layers(model)}. Use names (or suffixes) from that list"
-            )
-        for name, m in hits:
-            if not _is_wrappable(m):
-                if not strict:
-                    continue
-                inside = [f"{name}.{n}" for n, c in m.named_modules() if n and _is_wrappable(c)][:4]
-                hint = f" - target the layers inside it instead, e.g. {abbreviate(inside)}" if inside else ""
-                raise FromzeroError(
-                    f"target_modules entry '{target}' matches '{name}' of type {_type_name(m)}; {method} can only wrap "
-                    f"Linear, Conv1D or Embedding layers{hint}"
-                )
-            parent = parents[name.rsplit(".", 1)[0]] if "." in name else model
-            if isinstance(parent, nn.MultiheadAttention):
-                raise FromzeroError(f"'{name}' lives in an nn.MultiheadAttention, which reads its weights directly "
-                                    f"instead of calling the layer, so {method} cannot wrap it; target other layers")
-            if name not in chosen:
-                chosen.append(name)
-    if not chosen:
-        raise FromzeroError(
-            f"target_modules {list(targets)} match no Linear/Conv1D/Embedding layer of {cls}; its layers are: "
-            f"{describe_layers(model)}. Set peft.target_modules to names from that list (a suffix such as "
-            f"'attn.qkv' is enough)"
-        )
-    return chosen
-
-
-def _find_saved_modules(model: nn.Module, patterns: list[str]) -> list[str]:
-    names = []
-    for pattern in patterns:
-        hits = [n for n, m in model.named_modules() if n and _matches(pattern, n)]
-        if not hits:
-            with_params = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
-            raise FromzeroError(f"modules_to_save entry '{pattern}' matches no module of {type(model).__name__}; "
-                                f"modules with weights: {abbreviate(with_params)}")
-        names += [n for n in hits if n not in names]
-    return names
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    """Names of the layers `targets` select (see fromzero.modules.targets.find_targets)."""
+    return [t.name for t in find_targets(model, targets, strict, method)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,41 +67,38 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     if peft_state(model) is not None:
         raise FromzeroError(f"this model already has PEFT applied (method {peft_state(model).config.method}); "
                             "apply it to a fresh model, or merge_peft(model, unload=True) first")
+    method = METHODS[cfg.method]
     # Resolve every name before changing anything, so a bad config leaves the model untouched.
-    targets: list[str] = []
-    if cfg.method in ("lora", "adapter", "ia3"):
-        targets = find_target_modules(model, cfg.target_modules, strict=not cfg.uses_default_targets, method=cfg.method)
-    saved = _find_saved_modules(model, cfg.modules_to_save)
-    biases = bias_parameter_names(model) if cfg.method == "bitfit" else []
-    if cfg.method == "prefix":
-        prefix_attention_modules(model)
-    wrapped = PromptTuningModel(model, cfg.num_virtual_tokens) if cfg.method == "prompt" else None
+    targets = []
+    if method.wrap is not None:
+        targets = find_targets(model, cfg.target_modules, strict=not cfg.uses_default_targets, method=cfg.method,
+                               slices=method.slices)
+    saved = find_saved_modules(model, cfg.modules_to_save)
+    plan = method.prepare(model, cfg) if method.prepare is not None else None
+    wrapped = method.outer(model, cfg) if method.outer is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # apply_freeze below repeats the warnings that matter
         candidates = freeze_candidates(model, cfg.freeze, cfg.freeze_bottom_k, _param_ids(model, saved) or None)
 
-    if cfg.method != "none":
+    base_ids = {id(p) for p in model.parameters()}
+    if method.freezes_base:
         model.requires_grad_(False)
     added: list[nn.Parameter] = []
-    for name in targets:
-        base = model.get_submodule(name)
-        if cfg.method == "lora":
-            wrapper: _Wrapper = lora_wrap(base, cfg.r, cfg.alpha, cfg.dropout)
-        elif cfg.method == "ia3":
-            wrapper = IA3Layer(base)
-        else:
-            wrapper = AdapterLayer(base, cfg.adapter_size, cfg.dropout)
-        _replace(model, name, wrapper)
+    for target in targets:
+        wrapper = method.wrap(model.get_submodule(target.name), cfg, target.parts)
+        replace_module(model, target.name, wrapper)
         added += [p for _, p in wrapper.adapter_parameters()]
-    if cfg.method == "prefix":
-        added += [model.get_parameter(n) for n in add_prefix_parameters(model, cfg.num_virtual_tokens)]
-    params = dict(model.named_parameters())
-    for p in added + [params[n] for n in biases]:
+    if method.add is not None:
+        added += [model.get_parameter(n) for n in method.add(model, cfg, plan)]
+    for p in added:
         p.requires_grad_(True)
 
     saved_ids = _param_ids(model, saved)
-    apply_freeze(model, cfg.freeze, cfg.freeze_bottom_k, keep_ids={id(p) for p in added} | saved_ids,
+    # New parameters never freeze; base ones a method unfreezes (BitFit's biases) still may.
+    new_ids = {id(p) for p in added} - base_ids
+    apply_freeze(model, cfg.freeze, cfg.freeze_bottom_k, keep_ids=new_ids | saved_ids,
                  head_ids=saved_ids or None)
+    params = dict(model.named_parameters())
     for n in candidates:
         if n in params and id(params[n]) in saved_ids and cfg.freeze != "all_but_head":
             warnings.warn(f"freeze: {cfg.freeze} would freeze '{n}', but modules_to_save keeps it trainable "
@@ -221,7 +110,8 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
     if wrapped is not None:
         model = wrapped
     model.fromzero_peft = PeftState(
-        config=cfg, adapter_names=[n for n, p in model.named_parameters() if p.requires_grad], targets=targets
+        config=cfg, adapter_names=[n for n, p in model.named_parameters() if p.requires_grad],
+        targets=[t.name for t in targets],
     )
     return model
 
@@ -248,7 +138,7 @@ def _require_state(model: nn.Module, what: str) -> PeftState:
 
 
 def _mergeable(model: nn.Module, state: PeftState, what: str) -> list[nn.Module]:
-    if state.config.method in ("adapter", "prefix", "prompt"):
+    if not METHODS[state.config.method].mergeable:
         raise FromzeroError(f"{state.config.method} tuning adds computation that cannot be folded into the weights, "
                             f"so it cannot be {what}; keep the wrapped model, or save it with save_adapter")
     wrappers = [(n, m) for n, m in model.named_modules() if isinstance(m, _Wrapper) and hasattr(m, "merge")]
@@ -275,7 +165,7 @@ def merge_peft(model: nn.Module, unload: bool = False) -> nn.Module:
         m.merge()
     if unload:
         for name in list(state.targets):
-            _replace(model, name, model.get_submodule(name).base_layer)
+            replace_module(model, name, model.get_submodule(name).base_layer)
         del model.fromzero_peft
     return model
 

@@ -8,12 +8,13 @@ trains only the biases of the upper layers.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fromzero.errors import FromzeroError
+from fromzero.peft.registry import METHODS
 
-Method = Literal["none", "lora", "adapter", "prefix", "prompt", "bitfit", "ia3"]
 Freeze = Literal["none", "embeddings", "bottom", "all_but_head"]
 
 # Attention projections under the names the common families use: fromzero's DecoderLM
@@ -32,7 +33,7 @@ DEFAULT_TARGET_MODULES: list[str] = [
 
 @dataclass
 class PeftConfig:
-    method: Method = "none"
+    method: str = "none"  # a name in fromzero.peft.registry.METHODS
     r: int = 8  # LoRA rank
     alpha: float = 16  # LoRA scaling is alpha / r
     dropout: float = 0.0  # LoRA: on the input of the A path; adapter: on the bottleneck input
@@ -51,8 +52,9 @@ class PeftConfig:
             if not ok:
                 raise FromzeroError(f"invalid peft config: {msg}")
 
-        need(self.method in ("none", "lora", "adapter", "prefix", "prompt", "bitfit", "ia3"),
-             f"method must be one of none, lora, adapter, prefix, prompt, bitfit, ia3; got {self.method!r}")
+        close = difflib.get_close_matches(str(self.method), METHODS, n=1)
+        need(self.method in METHODS, f"unknown method {self.method!r}"
+             + (f" (did you mean {close[0]!r}?)" if close else "") + f"; methods: {', '.join(METHODS)}")
         need(self.freeze in ("none", "embeddings", "bottom", "all_but_head"),
              f"freeze must be one of none, embeddings, bottom, all_but_head; got {self.freeze!r}")
         need(self.r >= 1, f"r must be >= 1, got {self.r}")
@@ -66,7 +68,7 @@ class PeftConfig:
              "freeze: bottom needs freeze_bottom_k >= 1 (how many of the lowest layers to freeze)")
         need(self.freeze == "bottom" or self.freeze_bottom_k == 0,
              f"freeze_bottom_k={self.freeze_bottom_k} only takes effect with freeze: bottom (set it, or drop freeze_bottom_k)")
-        need(len(self.target_modules) > 0 or self.method not in ("lora", "adapter", "ia3"),
+        need(len(self.target_modules) > 0 or self.method not in METHODS or METHODS[self.method].wrap is None,
              f"method {self.method} needs target_modules (e.g. [q_proj, v_proj]); leave the key out for the default list")
 
     @property

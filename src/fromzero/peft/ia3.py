@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from fromzero.errors import FromzeroError
-from fromzero.peft.lora import _Wrapper, adapter_dtype, linear_dims
+from fromzero.modules.targets import linear_dims
+from fromzero.peft.lora import _Wrapper, adapter_dtype
 
 
 class IA3Layer(_Wrapper):

@@ -2,7 +2,9 @@
 
 The wrappers replace a layer in place and keep it as `base_layer`, so they work on any model
 family. A is Kaiming-uniform and B is zero (the same init as Hugging Face peft), so a freshly
-wrapped model computes exactly what the base model did; merging adds B A into W.
+wrapped model computes exactly what the base model did; merging adds B A into W. LoRAParts adapts
+chosen output slices of a fused layer (q and v of a fused qkv) as peft adapts separate q_proj and
+v_proj layers.
 """
 
 from __future__ import annotations
@@ -13,19 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def linear_dims(module: nn.Module) -> tuple[int, int, bool] | None:
-    """(in_features, out_features, transposed) of a Linear or a GPT-2 style Conv1D, else None.
-
-    transformers' Conv1D is a Linear whose weight is stored [in, out] (so transposed=True);
-    it is recognised by name so this file does not import transformers.
-    """
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features, False
-    weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and isinstance(weight, Tensor) and weight.dim() == 2:
-        return weight.shape[0], weight.shape[1], True
-    return None
+from fromzero.modules.targets import linear_dims
 
 
 def adapter_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -138,7 +128,62 @@ class LoRAEmbedding(_LoRA):
         return (self.lora_B @ self.lora_A).t() * self.scaling  # [num_embeddings, dim]
 
 
-def lora_wrap(module: nn.Module, r: int, alpha: float, dropout: float) -> _Wrapper:
+class LoRAParts(_LoRA):
+    """LoRA on some output slices of a fused Linear: part p (rows s:e of the output) has its own
+    A_p [r, in] and B_p [e - s, r], and B_p A_p x adds to those rows only. The parts' B matrices are
+    laid into one block matrix [out, parts * r] per call, so the forward is two matmuls whatever
+    the number of parts, and merging adds that block matrix times the stacked A into W."""
+
+    def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], r: int, alpha: float,
+                 dropout: float = 0.0):
+        super().__init__()
+        dims = linear_dims(base)
+        assert dims is not None, f"LoRAParts wraps Linear/Conv1D, got {type(base).__name__}"
+        in_f, self.out_features, self.transposed = dims
+        w = base.weight
+        self.base_layer = base
+        self.parts = dict(parts)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dt = adapter_dtype(w.dtype)
+        self.lora_A = nn.ParameterDict({p: nn.Parameter(torch.empty(r, in_f, dtype=dt, device=w.device))
+                                        for p in self.parts})
+        self.lora_B = nn.ParameterDict({p: nn.Parameter(torch.zeros(e - s, r, dtype=dt, device=w.device))
+                                        for p, (s, e) in self.parts.items()})
+        for a in self.lora_A.values():
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.merged = False
+
+    def _stacked(self) -> tuple[Tensor, Tensor]:
+        """(A of every part stacked [parts * r, in], the block matrix of the B's [out, parts * r])."""
+        a = torch.cat([self.lora_A[p] for p in self.parts])
+        b = a.new_zeros(self.out_features, a.shape[0])
+        for i, (p, (s, e)) in enumerate(self.parts.items()):
+            b[s:e, i * self.r:(i + 1) * self.r] = self.lora_B[p]
+        return a, b
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base_layer(x)
+        if self.merged:
+            return y
+        a, b = self._stacked()
+        h = self.lora_dropout(x).to(a.dtype)
+        return y + (F.linear(F.linear(h, a), b) * self.scaling).to(y.dtype)
+
+    def delta_weight(self) -> Tensor:
+        a, b = self._stacked()
+        delta = (b @ a) * self.scaling
+        return delta.t() if self.transposed else delta
+
+    def extra_repr(self) -> str:
+        return f"parts={','.join(self.parts)}, {super().extra_repr()}"
+
+
+def lora_wrap(module: nn.Module, r: int, alpha: float, dropout: float,
+              parts: dict[str, tuple[int, int]] | None = None) -> _Wrapper:
+    """The LoRA wrapper for `module`: on the output rows in `parts` only, when given (a fused layer)."""
+    if parts:
+        return LoRAParts(module, parts, r, alpha, dropout)
     if isinstance(module, nn.Embedding):
         return LoRAEmbedding(module, r, alpha)
     return LoRALinear(module, r, alpha, dropout)
