@@ -35,12 +35,16 @@ class CRF(nn.Module):
         self.trans = nn.Parameter(torch.zeros(n, n))  # [previous tag, next tag]
         self.end = nn.Parameter(torch.zeros(n))
         rules = bio_scores(labels)
-        mask = torch.from_numpy(rules[1]).float().clamp(min=FORBIDDEN) if rules is not None else torch.zeros(n, n)
-        self.register_buffer("trans_mask", mask, persistent=False)
+        if rules is None:
+            start_mask, trans_mask = torch.zeros(n), torch.zeros(n, n)
+        else:
+            start_mask, trans_mask = (torch.from_numpy(r).float().clamp(min=FORBIDDEN) for r in rules[:2])
+        self.register_buffer("start_mask", start_mask, persistent=False)
+        self.register_buffer("trans_mask", trans_mask, persistent=False)
 
     def scores(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(start [L], trans [L, L], end [L]) with the forbidden transitions applied."""
-        return self.start, self.trans + self.trans_mask, self.end
+        """(start [L], trans [L, L], end [L]) with what BIO forbids (I-X first, I-X after O/another type) applied."""
+        return self.start + self.start_mask, self.trans + self.trans_mask, self.end
 
     def nll(self, emissions: Tensor, labels: Tensor) -> Tensor:
         """Negative log-likelihood of the gold tags per labelled position (comparable in scale to
