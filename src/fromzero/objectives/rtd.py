@@ -76,6 +76,10 @@ class ElectraModel(nn.Module):
         for name in ("tok", "pos", "seg"):  # ELECTRA's embedding sharing
             setattr(self.generator.emb, name, getattr(self.discriminator.emb, name))
         self.generator.tie_weights()
+        # Neither loss reads a pooler; under torchrun DDP fails a step on a trainable parameter that
+        # gets no gradient, so they are frozen (and keep their initial weights, as in one process).
+        for encoder in (self.generator, self.discriminator):
+            encoder.pooler.requires_grad_(False)
         d = disc.d_model
         self.rtd_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         for m in self.rtd_head:

@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def prepare_tokenizer(cfg: EncoderPretrainConfig, out_dir: Path, quiet: bool = F
         return Tokenizer.load(own)
     from fromzero.data.sources import iter_texts
 
-    if cfg.objective == "simcse_sup":  # pair files hold their texts in several fields
+    if ENCODER_OBJECTIVES[cfg.objective].pair_data:  # pair files hold their texts in several fields
         texts = (t for src in cfg.data.sources for pair in iter_pairs(src) for t in pair if t)
     else:
         texts = (t for src in cfg.data.sources for t in iter_texts(src))
@@ -139,97 +139,217 @@ def load_corpus(sources: list[str], tok: Tokenizer, max_docs: int | None, cache_
 def _prepare_data(cfg: EncoderPretrainConfig, out_dir: Path,
                   quiet: bool) -> tuple[Tokenizer, SentenceCorpus | PairCorpus]:
     tok = prepare_tokenizer(cfg, out_dir, quiet=quiet)
-    if cfg.objective == "simcse_sup":  # pairs are few and quick to tokenize: no cache
+    if ENCODER_OBJECTIVES[cfg.objective].pair_data:  # pairs are few and quick to tokenize: no cache
         return tok, build_pair_corpus(cfg.data.sources, tok)
     return tok, load_corpus(cfg.data.sources, tok, cfg.data.max_docs, cfg.data.cache_dir, quiet=quiet)
+
+
+# ---------------------------------------------------------------------- the objectives
+
+
+Corpus = SentenceCorpus | PairCorpus
+
+
+def _masked(mode: str) -> Callable[..., SentenceBatches]:
+    """MLM rows (packed, or NSP/SOP pairs of segments) with masked tokens and labels."""
+    def batches(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: SentenceCorpus, max_len: int, **common):
+        return SentenceBatches(corpus, tok, cfg.train.batch_size, max_len, mode, MLMMasker.for_tokenizer(tok, cfg.mlm),
+                               **common)
+    return batches
+
+
+def _sentences(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: SentenceCorpus, max_len: int,
+               **common) -> SentenceBatches:
+    return SentenceBatches(corpus, tok, cfg.train.batch_size, min(cfg.data.sentence_max_len, max_len), "sentence",
+                           **common)
+
+
+def _pairs(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: PairCorpus, max_len: int, **common) -> PairBatches:
+    return PairBatches(corpus, tok, cfg.train.batch_size, min(cfg.data.sentence_max_len, max_len), **common)
+
+
+def _mixture_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: SentenceCorpus, max_len: int,
+                     **common) -> MixtureBatches:
+    return MixtureBatches({"mlm": _masked("packed")(cfg, tok, corpus, max_len, **common),
+                           "simcse": _sentences(cfg, tok, corpus, max_len, **common)})
+
+
+def _simcse(cfg: EncoderPretrainConfig) -> SimCSE:  # supervised when the batches carry input_ids_b
+    return SimCSE(cfg.contrastive.temperature, cfg.contrastive.pooling)
+
+
+def _mixture(cfg: EncoderPretrainConfig) -> Mixture:
+    unknown = set(cfg.mixture) - {"mlm", "simcse"}
+    if unknown:
+        raise FromzeroError(f"mixture weights are for 'mlm' and 'simcse', got {', '.join(sorted(unknown))}")
+    return Mixture({"mlm": (MaskedLM(), cfg.mixture.get("mlm", 1.0)),
+                    "simcse": (_simcse(cfg), cfg.mixture.get("simcse", 1.0))})
+
+
+def _mlm_metrics(cfg: EncoderPretrainConfig, model: torch.nn.Module, tok: Tokenizer, val: SentenceCorpus,
+                 max_len: int, seed: int, unigram_token: int | None) -> dict[str, float]:
+    spec = ENCODER_OBJECTIVES[cfg.objective]
+    make = spec.batches if spec.pair_task else _masked("packed")  # the mixture's MLM part is packed
+    return evaluate_mlm(model, make(cfg, tok, val, max_len, seed=seed).fixed(cfg.metric_batches),
+                        pair_task=spec.pair_task, unigram_token=unigram_token)
+
+
+def _rtd_metrics(cfg, model, tok, val, max_len, seed, unigram_token) -> dict[str, float]:
+    return evaluate_rtd(model, _masked("packed")(cfg, tok, val, max_len, seed=seed).fixed(cfg.metric_batches))
+
+
+def _sentence_metrics(cfg, model, tok, val, max_len, seed, unigram_token) -> dict[str, float]:
+    sentences = _sentences(cfg, tok, val, max_len, seed=seed).fixed(cfg.metric_batches)
+    return contrastive_metrics(model, sentences, cfg.contrastive.pooling)
+
+
+def _pair_metrics(cfg, model, tok, val, max_len, seed, unigram_token) -> dict[str, float]:
+    return contrastive_metrics(model, _pair_eval_batches(cfg, tok, val, max_len, cfg.metric_batches),
+                               cfg.contrastive.pooling)
+
+
+def _mixture_metrics(cfg, model, tok, val, max_len, seed, unigram_token) -> dict[str, float]:
+    return {**_mlm_metrics(cfg, model, tok, val, max_len, seed, unigram_token),
+            **_sentence_metrics(cfg, model, tok, val, max_len, seed, unigram_token)}
+
+
+def _fixed_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, val: Corpus, max_len: int, n: int,
+                   seed: int) -> list[dict[str, torch.Tensor]]:
+    return build_batches(cfg, tok, val, max_len, seed).fixed(n)
+
+
+def _embedding_loss(cfg: EncoderPretrainConfig, tok: Tokenizer, val: SentenceCorpus, max_len: int, n: int,
+                    seed: int) -> Callable[[torch.nn.Module], float]:
+    """Unsupervised SimCSE's own loss is ~0 without dropout: validate on perturbed copies instead."""
+    sentences = _sentences(cfg, tok, val, max_len, seed=seed).fixed(n)
+    return lambda model: contrastive_metrics(model, sentences, cfg.contrastive.pooling)["val_loss"]
+
+
+def _given_pairs(cfg: EncoderPretrainConfig, tok: Tokenizer, val: PairCorpus, max_len: int, n: int,
+                 seed: int) -> list[dict[str, torch.Tensor]]:
+    """Given pairs: the training loss itself is a fair held-out measure."""
+    return _pair_eval_batches(cfg, tok, val, max_len, n)
+
+
+@dataclass(frozen=True)
+class EncoderObjective:
+    """How the recipe runs one objective of fromzero.objectives.registry (family "encoder").
+
+    heads: the encoder heads its loss reaches ("mlm", "pair" for NSP/SOP, "pooler"); a fresh model
+    gets only those, and a loaded one has the others frozen. Under torchrun DDP fails a step on any
+    parameter that needs a gradient and gets none, so nothing the loss never reaches may be trainable.
+    pools: the loss pools sentence embeddings, which reach the pooler when contrastive.pooling=pooler.
+    """
+
+    heads: frozenset[str]
+    batches: Callable[..., Any]  # (cfg, tok, corpus, max_len, seed=, rank=, world_size=) -> batch source
+    loss: Callable[[EncoderPretrainConfig], Callable]
+    metrics: Callable[..., dict[str, float]]  # the held-out metric (see held_out_metrics)
+    validation: Callable[..., Any] = _fixed_batches  # what the trainer evaluates every eval_every steps
+    pair_task: Literal["nsp", "sop"] | None = None
+    pools: bool = False
+    dropout_noise: bool = False  # unsupervised SimCSE: dropout is its only noise
+    pair_data: bool = False  # data.sources are text pairs, not documents
+    electra: bool = False  # trains a generator and a discriminator (ElectraModel); the discriminator is kept
+    metrics_before: bool = False  # also measure the untrained model (a random encoder's embeddings are a baseline)
+
+
+_PAIR = frozenset({"mlm", "pooler", "pair"})
+ENCODER_OBJECTIVES: dict[str, EncoderObjective] = {
+    "mlm": EncoderObjective(frozenset({"mlm"}), _masked("packed"), lambda cfg: MaskedLM(), _mlm_metrics),
+    "mlm_nsp": EncoderObjective(_PAIR, _masked("nsp"), lambda cfg: MaskedLM("nsp", cfg.mlm.pair_weight),
+                                _mlm_metrics, pair_task="nsp"),
+    "mlm_sop": EncoderObjective(_PAIR, _masked("sop"), lambda cfg: MaskedLM("sop", cfg.mlm.pair_weight),
+                                _mlm_metrics, pair_task="sop"),
+    "rtd": EncoderObjective(frozenset(), _masked("packed"), lambda cfg: replaced_token_detection, _rtd_metrics,
+                            electra=True),
+    "simcse": EncoderObjective(frozenset(), _sentences, _simcse, _sentence_metrics, _embedding_loss, pools=True,
+                               dropout_noise=True, metrics_before=True),
+    "simcse_sup": EncoderObjective(frozenset(), _pairs, _simcse, _pair_metrics, _given_pairs, pools=True,
+                                   pair_data=True, metrics_before=True),
+    "mlm+simcse": EncoderObjective(frozenset({"mlm"}), _mixture_batches, _mixture, _mixture_metrics, pools=True,
+                                   dropout_noise=True),
+}
+assert set(ENCODER_OBJECTIVES) == set(objectives_for("encoder")), "every encoder objective needs its entry"
+
+
+def heads_used(cfg: EncoderPretrainConfig) -> frozenset[str]:
+    """The encoder heads cfg.objective's loss reaches (see EncoderObjective)."""
+    spec = ENCODER_OBJECTIVES[cfg.objective]
+    return spec.heads | ({"pooler"} if spec.pools and cfg.contrastive.pooling == "pooler" else frozenset())
+
+
+_HEAD_MODULES = {"mlm": "head", "pair": "pair_head", "pooler": "pooler"}
+
+
+def freeze_unreached(model: EncoderModel, heads: frozenset[str]) -> None:
+    """requires_grad=False for the heads outside `heads` (never the token embedding the MLM decoder
+    shares): they keep their weights, as they would in one process, and DDP does not wait for them."""
+    shared = {id(model.emb.tok.weight)}
+    for head, attr in _HEAD_MODULES.items():
+        module = getattr(model, attr)
+        if module is not None and head not in heads:
+            for p in module.parameters():
+                if id(p) not in shared:
+                    p.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------- model, batches, objective
 
 
 def build_model(cfg: EncoderPretrainConfig, tok: Tokenizer) -> torch.nn.Module:
-    """EncoderModel (with a pair head for nsp/sop) or ElectraModel, sized to the tokenizer."""
+    """EncoderModel with the heads the objective uses, or ElectraModel, sized to the tokenizer."""
+    spec, heads = ENCODER_OBJECTIVES[cfg.objective], heads_used(cfg)
     if cfg.init_from:
-        if cfg.objective == "rtd":
+        if spec.electra:
             raise FromzeroError("init_from is not supported for rtd (ELECTRA trains its own generator); remove it")
         model = load_encoder(cfg.init_from)
         if model.config.vocab_size != tok.vocab_size:
             raise FromzeroError(f"init_from model has vocab_size {model.config.vocab_size} but the tokenizer has "
                                 f"{tok.vocab_size}; use the tokenizer saved with that model (tokenizer_path)")
-        if cfg.objective in ("mlm_nsp", "mlm_sop") and model.pair_head is None:
+        if "mlm" in heads and model.head is None:
+            raise FromzeroError(f"{cfg.init_from} has no masked-LM head (an encoder trained for sentence embeddings or "
+                                f"a discriminator): objective {cfg.objective} cannot start from it")
+        if "pair" in heads and model.pair_head is None:
             model.pair_head = torch.nn.Linear(model.config.d_model, 2)
             torch.nn.init.normal_(model.pair_head.weight, std=0.02)
             torch.nn.init.zeros_(model.pair_head.bias)
             model.config.pair_head = True
+        freeze_unreached(model, heads)
         return model
-    mc = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
-                             pair_head=cfg.objective in ("mlm_nsp", "mlm_sop"))
-    if cfg.objective in ("simcse", "mlm+simcse") and mc.dropout <= 0:
+    if spec.dropout_noise and cfg.model.dropout <= 0:
         raise FromzeroError("SimCSE uses dropout as its noise: set model.dropout > 0 (0.1 is the paper's)")
-    return ElectraModel(mc, cfg.rtd) if cfg.objective == "rtd" else EncoderModel(mc)
+    if spec.electra:
+        return ElectraModel(dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id),
+                            cfg.rtd)
+    model = EncoderModel(dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
+                                             pair_head="pair" in heads, mlm_head="mlm" in heads))
+    freeze_unreached(model, heads)
+    return model
 
 
 def _max_len(model: torch.nn.Module) -> int:
     return model.config.discriminator.max_seq_len if isinstance(model, ElectraModel) else model.config.max_seq_len
 
 
-def build_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: SentenceCorpus, max_len: int, seed: int,
+def build_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, corpus: Corpus, max_len: int, seed: int,
                   rank: int = 0, world_size: int = 1):
     """The batch source of cfg.objective over `corpus`."""
-    masker = MLMMasker.for_tokenizer(tok, cfg.mlm)
-    B = cfg.train.batch_size
-    common = dict(seed=seed, rank=rank, world_size=world_size)
-    sent_len = min(cfg.data.sentence_max_len, max_len)
-    if cfg.objective in ("mlm", "rtd"):
-        return SentenceBatches(corpus, tok, B, max_len, "packed", masker, **common)
-    if cfg.objective in ("mlm_nsp", "mlm_sop"):
-        return SentenceBatches(corpus, tok, B, max_len, cfg.objective[4:], masker, **common)
-    if cfg.objective == "simcse":
-        return SentenceBatches(corpus, tok, B, sent_len, "sentence", **common)
-    if cfg.objective == "simcse_sup":
-        return PairBatches(corpus, tok, B, sent_len, **common)
-    return MixtureBatches({"mlm": SentenceBatches(corpus, tok, B, max_len, "packed", masker, **common),
-                           "simcse": SentenceBatches(corpus, tok, B, sent_len, "sentence", **common)})
+    return ENCODER_OBJECTIVES[cfg.objective].batches(cfg, tok, corpus, max_len, seed=seed, rank=rank,
+                                                     world_size=world_size)
 
 
 def build_objective(cfg: EncoderPretrainConfig):
-    c = cfg.contrastive
-    if cfg.objective == "mlm":
-        return MaskedLM()
-    if cfg.objective in ("mlm_nsp", "mlm_sop"):
-        return MaskedLM(pair_task=cfg.objective[4:], pair_weight=cfg.mlm.pair_weight)
-    if cfg.objective == "rtd":
-        return replaced_token_detection
-    if cfg.objective in ("simcse", "simcse_sup"):  # supervised when the batches carry input_ids_b
-        return SimCSE(c.temperature, c.pooling)
-    unknown = set(cfg.mixture) - {"mlm", "simcse"}
-    if unknown:
-        raise FromzeroError(f"mixture weights are for 'mlm' and 'simcse', got {', '.join(sorted(unknown))}")
-    return Mixture({"mlm": (MaskedLM(), cfg.mixture.get("mlm", 1.0)),
-                    "simcse": (SimCSE(c.temperature, c.pooling), cfg.mixture.get("simcse", 1.0))})
+    """The loss function of cfg.objective: objective(model, batch) -> {"loss": ..., metrics}."""
+    return ENCODER_OBJECTIVES[cfg.objective].loss(cfg)
 
 
 def held_out_metrics(cfg: EncoderPretrainConfig, model: torch.nn.Module, tok: Tokenizer,
-                     val: SentenceCorpus, unigram_token: int | None = None) -> dict[str, float]:
-    """The objective's own metric on fixed held-out batches (see evaluate_mlm for unigram_token)."""
-    n, max_len = cfg.metric_batches, _max_len(model)
+                     val: Corpus, unigram_token: int | None = None) -> dict[str, float]:
+    """The objective's own metric on cfg.metric_batches fixed held-out batches (see evaluate_mlm for
+    unigram_token)."""
     seed = cfg.train.seed + 1_000_003  # never the training stream
-    sub = dataclasses.replace(cfg, objective="mlm")
-    out: dict[str, float] = {}
-    if cfg.objective in ("mlm", "mlm_nsp", "mlm_sop", "mlm+simcse"):
-        mode_cfg = cfg if cfg.objective != "mlm+simcse" else sub
-        batches = build_batches(mode_cfg, tok, val, max_len, seed).fixed(n)
-        out.update(evaluate_mlm(model, batches, pair_task=cfg.objective[4:] if "_" in cfg.objective else None,
-                                unigram_token=unigram_token))
-    if cfg.objective == "rtd":
-        out.update(evaluate_rtd(model, build_batches(cfg, tok, val, max_len, seed).fixed(n)))
-    if cfg.objective in ("simcse", "mlm+simcse"):
-        sentences = SentenceBatches(val, tok, cfg.train.batch_size, min(cfg.data.sentence_max_len, max_len),
-                                    "sentence", seed=seed).fixed(n)
-        out.update(contrastive_metrics(model, sentences, cfg.contrastive.pooling))
-    if cfg.objective == "simcse_sup":
-        out.update(contrastive_metrics(model, _pair_eval_batches(cfg, tok, val, max_len, n), cfg.contrastive.pooling))
-    return out
+    return ENCODER_OBJECTIVES[cfg.objective].metrics(cfg, model, tok, val, _max_len(model), seed, unigram_token)
 
 
 def _pair_eval_batches(cfg: EncoderPretrainConfig, tok: Tokenizer, val: PairCorpus, max_len: int,
@@ -258,19 +378,12 @@ def review_probe(model: torch.nn.Module, tok: Tokenizer, pooling: str, n: int = 
     return knn_accuracy(emb, torch.tensor([reviews[i][1] for i in picked]))
 
 
-def _eval_source(cfg: EncoderPretrainConfig, tok: Tokenizer, val: SentenceCorpus, max_len: int):
-    """What the trainer evaluates every eval_every steps: fixed batches, or (simcse) a function,
-    because unsupervised SimCSE's own loss is ~0 without dropout."""
+def _eval_source(cfg: EncoderPretrainConfig, tok: Tokenizer, val: Corpus, max_len: int):
+    """What the trainer evaluates every eval_every steps (None without validation batches)."""
     if cfg.train.eval_batches == 0:
         return None
-    seed = cfg.train.seed + 1_000_003
-    if cfg.objective == "simcse":
-        sentences = SentenceBatches(val, tok, cfg.train.batch_size, min(cfg.data.sentence_max_len, max_len),
-                                    "sentence", seed=seed).fixed(cfg.train.eval_batches)
-        return lambda model: contrastive_metrics(model, sentences, cfg.contrastive.pooling)["val_loss"]
-    if cfg.objective == "simcse_sup":  # given pairs: the training loss itself is a fair held-out measure
-        return _pair_eval_batches(cfg, tok, val, max_len, cfg.train.eval_batches)
-    return build_batches(cfg, tok, val, max_len, seed).fixed(cfg.train.eval_batches)
+    spec = ENCODER_OBJECTIVES[cfg.objective]
+    return spec.validation(cfg, tok, val, max_len, cfg.train.eval_batches, cfg.train.seed + 1_000_003)
 
 
 # ---------------------------------------------------------------------- the run
@@ -287,7 +400,7 @@ def _train(cfg: EncoderPretrainConfig, dist: DistributedContext, tok: Tokenizer,
     probe = dist.is_main and "reviews_zh" in cfg.data.sources
     baseline = None
     if dist.is_main and not resume:  # the same metrics before training, for comparison
-        baseline = held_out_metrics(cfg, model, tok, val) if cfg.objective.startswith("simcse") else {}
+        baseline = held_out_metrics(cfg, model, tok, val) if ENCODER_OBJECTIVES[cfg.objective].metrics_before else {}
         if probe:
             baseline["review_sentiment_knn"] = review_probe(model, tok, cfg.contrastive.pooling)
     if dist.is_main:
