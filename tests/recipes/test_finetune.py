@@ -470,3 +470,21 @@ def test_backbone_dropout_rebuilds_the_same_weights_with_dropout(tmp_path):
         cfg_for("reviews_zh", tmp_path, backbone_dropout=1.0)
     with pytest.raises(FromzeroError, match="has no config.dropout"):
         with_dropout(torch.nn.Linear(2, 2), 0.1)
+
+
+@pytest.mark.parametrize("task", ["chat_zh", "pinyin_zh"])
+def test_an_encoder_backbone_for_chat_or_seq2seq_fails_before_data_preparation(tmp_path, tok, monkeypatch, task):
+    from fromzero.model.encoder import EncoderConfig, EncoderModel, save_encoder
+    from fromzero.recipes import finetune
+
+    encoder_dir = tmp_path / "enc"
+    save_encoder(EncoderModel(EncoderConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32,
+                                            max_seq_len=64)), encoder_dir)
+    tok.save(encoder_dir)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("task data was prepared before the backbone was checked")
+
+    monkeypatch.setattr(finetune, "load_task_data", no_data)
+    with pytest.raises(FromzeroError, match=r"is an encoder model, which cannot be fine-tuned for (chat|seq2seq)"):
+        run_finetune(cfg_for(task, tmp_path / "out", model=str(encoder_dir), steps=2))

@@ -58,6 +58,7 @@ from fromzero.tuning.backbone import (
     DEFAULT_MODEL,
     ScratchConfig,
     check_vocab,
+    family,
     load_backbone,
     save_backbone,
     scratch_backbone,
@@ -67,7 +68,7 @@ from fromzero.tuning.backbone import (
 from fromzero.tuning.collate import TaskBatches
 from fromzero.tuning.ensemble import check_task_fits, class_probabilities, evaluate_saved, load_classifiers, predict
 from fromzero.tuning.kinds import TaskKind
-from fromzero.tuning.registry import KindSettings, make_kind
+from fromzero.tuning.registry import KindSettings, check_fits, make_kind
 from fromzero.tuning.sft import ChatTemplate
 
 
@@ -152,6 +153,9 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     out = Path(cfg.train.out_dir)
     check_fresh_start(out, resume, cfg.train.overwrite)  # before anything (base weights, model/) is written
     kind_name = task_kind(cfg.task, cfg.data_seed)
+    if cfg.model != "scratch":  # a backbone that cannot serve the task fails here, before data preparation
+        backbone, tok = load_backbone(cfg.model), Tokenizer.load(cfg.model)
+        check_fits(kind_name, family(backbone), cfg.model)
     labels = label_names(cfg.task, cfg.data_seed)
     data = {s: load_task_data(cfg.task, s, cfg.data_seed) for s in ("train", "val", "test")}
     data["train"] = _take(data["train"], cfg.max_train_examples)
@@ -165,7 +169,6 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         backbone, tok = scratch_backbone(cfg.scratch, task_texts(data["train"], kind_name), cfg.max_len, cfg.train.seed)
         base_path = None
     else:
-        backbone, tok = load_backbone(cfg.model), Tokenizer.load(cfg.model)
         base_path = Path(cfg.model).resolve()
         if cfg.backbone_dropout is not None:
             backbone = with_dropout(backbone, cfg.backbone_dropout)
