@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
+from fromzero.data.shards import build_shards, load_tokens
 from fromzero.data.sources import iter_texts
 from fromzero.errors import FromzeroError
 from fromzero.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
@@ -68,3 +69,20 @@ def run_ranked(out_dir: str | Path, resume: bool, prepare: Callable[[bool], T],
         finally:
             if owns_group:
                 cleanup()
+
+
+def run_on_token_shards(cfg: Any, resume: bool, make_tokenizer: Callable[..., Tokenizer],
+                        train: Callable[[DistributedContext, Tokenizer, Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """The decoder and T5 runners: rank 0 makes the tokenizer and the memmap token shards of
+    cfg.data, then every rank trains on the (train, val) token arrays."""
+    out_dir = Path(cfg.train.out_dir)
+
+    def prepare(quiet: bool):
+        tok = make_tokenizer(cfg, out_dir, quiet=quiet)
+        shards = build_shards(cfg.data.sources, tok, cfg.data.cache_dir, cfg.data.val_fraction, seed=cfg.train.seed,
+                              progress=not quiet)
+        return tok, shards
+
+    return run_ranked(out_dir, resume, overwrite=cfg.train.overwrite, prepare=prepare,
+                      train=lambda dist, data: train(dist, data[0], load_tokens(data[1].train),
+                                                     load_tokens(data[1].val)))

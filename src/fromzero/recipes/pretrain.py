@@ -15,13 +15,12 @@ import torch
 
 from fromzero.config import build, to_dict
 from fromzero.data.loader import TokenBatches, eval_batches
-from fromzero.data.shards import build_shards, load_tokens
 from fromzero.evaluation.baselines import unigram_perplexity
 from fromzero.model.config import ModelConfig
 from fromzero.model.decoder import DecoderLM
 from fromzero.objectives.clm import causal_lm
 from fromzero.objectives.registry import objective_spec
-from fromzero.recipes._common import DataConfig, prepare_tokenizer, run_ranked
+from fromzero.recipes._common import DataConfig, prepare_tokenizer, run_on_token_shards
 from fromzero.recipes.pretrain_encoder import EncoderPretrainConfig, run_encoder_pretrain
 from fromzero.recipes.pretrain_seq2seq import Seq2SeqPretrainConfig, run_seq2seq_pretrain
 from fromzero.tokenizer import Tokenizer, TokenizerConfig
@@ -45,17 +44,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     Under torchrun, rank 0 trains the tokenizer and writes the shards while the others wait, then
     every rank reads its own part of each global batch.
     """
-    return run_ranked(cfg.train.out_dir, resume, overwrite=cfg.train.overwrite,
-                      prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
-                      train=lambda dist, data: _train(cfg, dist, data[0], load_tokens(data[1].train),
-                                                      load_tokens(data[1].val), resume))
-
-
-def _prepare_data(cfg: PretrainConfig, out_dir: Path, quiet: bool):
-    tok = prepare_tokenizer(cfg, out_dir, quiet=quiet)
-    shards = build_shards(cfg.data.sources, tok, cfg.data.cache_dir, cfg.data.val_fraction, seed=cfg.train.seed,
-                          progress=not quiet)
-    return tok, shards
+    return run_on_token_shards(cfg, resume, prepare_tokenizer,
+                               lambda dist, tok, train, val: _train(cfg, dist, tok, train, val, resume))
 
 
 def _train(cfg: PretrainConfig, dist: DistributedContext, tok: Tokenizer, train_tokens, val_tokens,

@@ -21,7 +21,6 @@ import torch
 
 from fromzero.config import to_dict
 from fromzero.data.seq2seq_batches import Seq2SeqBatches, seq2seq_eval_batches
-from fromzero.data.shards import build_shards, load_tokens
 from fromzero.errors import FromzeroError
 from fromzero.model.encoder_decoder import EncoderDecoderLM, T5Config
 from fromzero.model.hf.t5 import save_hf_t5
@@ -29,7 +28,7 @@ from fromzero.objectives.denoise import DenoiseConfig, denoise, sentence_end_ids
 from fromzero.objectives.registry import objectives_for
 from fromzero.objectives.seq2seq import seq2seq_lm
 from fromzero.objectives.span import SpanConfig, add_sentinels, first_sentinel, span_corrupt, span_lengths
-from fromzero.recipes._common import DataConfig, prepare_tokenizer, run_ranked
+from fromzero.recipes._common import DataConfig, prepare_tokenizer, run_on_token_shards
 from fromzero.tokenizer import Tokenizer, TokenizerConfig
 from fromzero.train.distributed import DistributedContext
 from fromzero.train.trainer import TrainConfig, Trainer
@@ -82,17 +81,8 @@ def example_builder(cfg: Seq2SeqPretrainConfig, tok: Tokenizer):
 
 def run_seq2seq_pretrain(cfg: Seq2SeqPretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder-decoder with span corruption or denoising; returns the summary (also summary.json)."""
-    return run_ranked(cfg.train.out_dir, resume, overwrite=cfg.train.overwrite,
-                      prepare=lambda quiet: _prepare_data(cfg, Path(cfg.train.out_dir), quiet),
-                      train=lambda dist, data: _train(cfg, dist, data[0], load_tokens(data[1].train),
-                                                      load_tokens(data[1].val), resume))
-
-
-def _prepare_data(cfg: Seq2SeqPretrainConfig, out_dir: Path, quiet: bool):
-    tok = seq2seq_tokenizer(cfg, out_dir, quiet=quiet)
-    shards = build_shards(cfg.data.sources, tok, cfg.data.cache_dir, cfg.data.val_fraction, seed=cfg.train.seed,
-                          progress=not quiet)
-    return tok, shards
+    return run_on_token_shards(cfg, resume, seq2seq_tokenizer,
+                               lambda dist, tok, train, val: _train(cfg, dist, tok, train, val, resume))
 
 
 def _train(cfg: Seq2SeqPretrainConfig, dist: DistributedContext, tok: Tokenizer, train_tokens, val_tokens,
